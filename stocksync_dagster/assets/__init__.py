@@ -1,0 +1,1 @@
+"""Software-defined assets: reference data and the trading-day partitioned market tables."""

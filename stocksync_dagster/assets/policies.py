@@ -1,0 +1,19 @@
+"""Retry and concurrency policies shared by every asset that talks to a source."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+# Steps that call the source share this pool: `dagster instance concurrency set source N`
+# (or `concurrency.pools` in dagster.yaml) bounds how many hit the source at once.
+SOURCE_POOL = "market_source"
+
+
+def source_retry_policy(max_retries: int = 3, delay_seconds: float = 30.0) -> dg.RetryPolicy:
+    """Exponential backoff with jitter: 30 s, ~60 s, ~120 s by default."""
+    return dg.RetryPolicy(
+        max_retries=max_retries,
+        delay=delay_seconds,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )

@@ -1,0 +1,94 @@
+"""The SSE/SZSE trading calendar: one source of truth for partitions, schedules and the demo market.
+
+Holidays come from the maintained `exchange_calendars` XSHG calendar. Days after its last
+known session are unknown to it: they are treated as weekdays (trading days) and the source's
+own calendar decides at run time (a closed day then materializes with zero rows).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+# Day D's data is final after the close; its partition key appears at this Shanghai time.
+CLOSE_SETTLED_HOUR = 18
+CALENDAR_FIRST_DAY = dt.date(2005, 1, 4)
+
+
+@lru_cache(maxsize=1)
+def _known_sessions() -> tuple[frozenset[dt.date], dt.date]:
+    import exchange_calendars as xcals  # slow import (~0.8 s): only when first needed
+
+    calendar = xcals.get_calendar("XSHG", start=CALENDAR_FIRST_DAY.isoformat())
+    sessions = frozenset(ts.date() for ts in calendar.sessions)
+    return sessions, calendar.last_session.date()
+
+
+def calendar_last_known_day() -> dt.date:
+    """Last day the maintained holiday calendar knows about."""
+    return _known_sessions()[1]
+
+
+def is_trading_day(day: dt.date) -> bool:
+    """True if the exchanges are open on `day` (weekdays beyond the known calendar count as open)."""
+    sessions, last_known = _known_sessions()
+    if day < CALENDAR_FIRST_DAY or day > last_known:
+        return day.weekday() < 5
+    return day in sessions
+
+
+def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Trading days in [start, end], ascending."""
+    days = []
+    day = start
+    while day <= end:
+        if is_trading_day(day):
+            days.append(day)
+        day += dt.timedelta(days=1)
+    return days
+
+
+def holidays(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Weekdays in [start, end] on which the exchanges are closed."""
+    days = []
+    day = start
+    while day <= end:
+        if day.weekday() < 5 and not is_trading_day(day):
+            days.append(day)
+        day += dt.timedelta(days=1)
+    return days
+
+
+def shanghai_now() -> dt.datetime:
+    return dt.datetime.now(tz=SHANGHAI)
+
+
+def last_settled_trading_day(now: dt.datetime | None = None) -> dt.date:
+    """The latest trading day whose data is final at `now` (its close has settled)."""
+    now = (now or shanghai_now()).astimezone(SHANGHAI)
+    day = now.date()
+    if now.hour < CLOSE_SETTLED_HOUR:
+        day -= dt.timedelta(days=1)
+    while not is_trading_day(day):
+        day -= dt.timedelta(days=1)
+    return day
+
+
+def previous_trading_day(day: dt.date) -> dt.date:
+    day -= dt.timedelta(days=1)
+    while not is_trading_day(day):
+        day -= dt.timedelta(days=1)
+    return day
+
+
+def parse_day(text: str) -> dt.date:
+    """`YYYY-MM-DD` (or `YYYYMMDD`) -> date; raises ValueError with the offending text."""
+    text = text.strip()
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    raise ValueError(f"{text!r} is not a date in YYYY-MM-DD form")

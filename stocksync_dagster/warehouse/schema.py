@@ -1,0 +1,129 @@
+"""The warehouse schema: the single definition of every table and view users query."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+trade_calendar = sa.Table(
+    "trade_calendar",
+    metadata,
+    sa.Column("cal_date", sa.Date, primary_key=True),
+    sa.Column("is_open", sa.Boolean, nullable=False),
+    comment="SSE/SZSE calendar: one row per calendar day",
+)
+
+stock_basic = sa.Table(
+    "stock_basic",
+    metadata,
+    sa.Column("code", sa.String(12), primary_key=True, comment="600000.SH / 000001.SZ / 430047.BJ"),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("exchange", sa.String(2), nullable=False, comment="SH, SZ or BJ"),
+    sa.Column("board", sa.String(8), nullable=False, comment="main, chinext, star or bse"),
+    sa.Column("list_date", sa.Date, nullable=True),
+    sa.Column("delist_date", sa.Date, nullable=True),
+    sa.Column("status", sa.String(10), nullable=False, comment="listed or delisted"),
+    sa.Column("is_st", sa.Boolean, nullable=False, server_default=sa.false()),
+    comment="Security master: every stock, listed and delisted",
+)
+
+daily_bar = sa.Table(
+    "daily_bar",
+    metadata,
+    sa.Column("code", sa.String(12), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column("open", sa.Double, nullable=False),
+    sa.Column("high", sa.Double, nullable=False),
+    sa.Column("low", sa.Double, nullable=False),
+    sa.Column("close", sa.Double, nullable=False),
+    sa.Column("pre_close", sa.Double, nullable=True),
+    sa.Column("volume", sa.BigInteger, nullable=False, comment="shares"),
+    sa.Column("amount", sa.Double, nullable=False, comment="CNY"),
+    sa.Column("pct_chg", sa.Double, nullable=True, comment="percent: 1.5 means +1.5%"),
+    sa.Index("ix_daily_bar_trade_date", "trade_date"),
+    comment="Unadjusted daily bars in CNY and shares; suspended days have no row",
+)
+
+adj_factor = sa.Table(
+    "adj_factor",
+    metadata,
+    sa.Column("code", sa.String(12), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column("adj_factor", sa.Double, nullable=False),
+    sa.Index("ix_adj_factor_trade_date", "trade_date"),
+    comment="Cumulative adjustment factor: hfq price = raw x adj_factor",
+)
+
+FAILURE_STATUSES = ("pending", "retrying", "resolved", "abandoned")
+WHOLE_DAY = "*"  # sync_failure.code when a whole day (not one stock) could not be fetched
+
+sync_failure = sa.Table(
+    "sync_failure",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("asset", sa.String(32), nullable=False),
+    sa.Column("trade_date", sa.Date, nullable=False),
+    sa.Column("code", sa.String(12), nullable=False, comment="'*' = the whole day"),
+    sa.Column("error_class", sa.String(64), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("first_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("asset", "trade_date", "code", name="uq_sync_failure_key"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'retrying', 'resolved', 'abandoned')", name="ck_sync_failure_status"
+    ),
+    sa.Index("ix_sync_failure_status", "status"),
+    comment="One row per (asset, trade_date, code) that could not be fetched",
+)
+
+sync_rejected_row = sa.Table(
+    "sync_rejected_row",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("asset", sa.String(32), nullable=False),
+    sa.Column("trade_date", sa.Date, nullable=True),
+    sa.Column("code", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_sync_rejected_row_day", "asset", "trade_date"),
+    comment="Rows a source returned that failed validation, with the reason",
+)
+
+MARKET_TABLES = {"daily_bars": daily_bar, "adj_factor": adj_factor}
+
+
+_BARS_WITH_FACTORS = (
+    "FROM daily_bar b JOIN adj_factor a ON a.code = b.code AND a.trade_date = b.trade_date"
+)
+_LATEST_FACTOR = (
+    " JOIN adj_factor l ON l.code = b.code"
+    " AND l.trade_date = (SELECT max(m.trade_date) FROM adj_factor m WHERE m.code = b.code)"
+)
+
+
+def _adjusted_view(factor_expr: str, extra_join: str = "") -> str:
+    prices = ", ".join(
+        f"b.{col} * {factor_expr} AS {col}" for col in ("open", "high", "low", "close", "pre_close")
+    )
+    return (
+        f"SELECT b.code, b.trade_date, {prices}, b.volume, b.amount, b.pct_chg, a.adj_factor "
+        f"{_BARS_WITH_FACTORS}{extra_join}"
+    )
+
+
+# hfq = raw x factor; qfq = raw x factor / the stock's latest factor.
+VIEWS = {
+    "daily_bar_hfq": _adjusted_view("a.adj_factor"),
+    "daily_bar_qfq": _adjusted_view("a.adj_factor / l.adj_factor", _LATEST_FACTOR),
+}
+
+
+def create_views(connection: sa.Connection) -> None:
+    for name, body in VIEWS.items():
+        connection.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
+        connection.exec_driver_sql(f"CREATE VIEW {name} AS {body}")
