@@ -56,14 +56,16 @@ def _sync(
     return dg.MaterializeResult(metadata=sync_metadata(report))
 
 
-def build_market_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_market_assets(
+    partitions: dg.PartitionsDefinition, retry_policy: dg.RetryPolicy | None = None
+) -> list[dg.AssetsDefinition]:
     common = {
         "group_name": GROUP,
         "kinds": {"sql"},
         "partitions_def": partitions,
         "backfill_policy": dg.BackfillPolicy.single_run(),
         "pool": SOURCE_POOL,
-        "retry_policy": source_retry_policy(),
+        "retry_policy": retry_policy or source_retry_policy(),
         "deps": ["trade_calendar", "stock_basic"],
     }
 

@@ -1,0 +1,1 @@
+"""The `stocksync` command line: demo, status, doctor, backfill, ui."""
