@@ -32,7 +32,7 @@ def calendar_last_known_day() -> dt.date:
 
 
 def is_trading_day(day: dt.date) -> bool:
-    """True if the exchanges are open on `day` (weekdays beyond the known calendar count as open)."""
+    """True if the exchanges open on `day` (weekdays past the known calendar count as open)."""
     sessions, last_known = _known_sessions()
     if day < CALENDAR_FIRST_DAY or day > last_known:
         return day.weekday() < 5

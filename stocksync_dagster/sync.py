@@ -66,10 +66,18 @@ class SyncReport:
 
     @property
     def failed_days(self) -> set[dt.date]:
-        return {d for f in self.failures if f.code is None for d in self.open_days if f.start <= d <= f.end}
+        return {
+            d
+            for f in self.failures
+            if f.code is None
+            for d in self.open_days
+            if f.start <= d <= f.end
+        }
 
     def rows_per_day(self) -> pd.Series:
-        counts = self.frame.groupby("trade_date").size() if len(self.frame) else pd.Series(dtype=int)
+        counts = (
+            self.frame.groupby("trade_date").size() if len(self.frame) else pd.Series(dtype=int)
+        )
         return counts.reindex(self.open_days, fill_value=0)
 
 
@@ -113,10 +121,19 @@ def sync_market_range(
         )
         failures.record_rejections(connection, dataset.asset, start, end, rejected, codes)
     report = SyncReport(
-        asset=dataset.asset, start=start, end=end, open_days=open_days, frame=good, stats=stats,
-        failures=result.failures, rejected=rejected, failure_rows=failure_rows,
-        resolved_rows=resolved_rows, calls=result.calls,
-        fetch_seconds=fetched - started, write_seconds=time.monotonic() - fetched,
+        asset=dataset.asset,
+        start=start,
+        end=end,
+        open_days=open_days,
+        frame=good,
+        stats=stats,
+        failures=result.failures,
+        rejected=rejected,
+        failure_rows=failure_rows,
+        resolved_rows=resolved_rows,
+        calls=result.calls,
+        fetch_seconds=fetched - started,
+        write_seconds=time.monotonic() - fetched,
     )
     _raise_if_too_many_failures(report, max_failed_share)
     return report
@@ -136,9 +153,7 @@ def _raise_if_too_many_failures(report: SyncReport, max_failed_share: float) -> 
         )
 
 
-def sync_reference_table(
-    table: sa.Table, frame: pd.DataFrame, warehouse: Warehouse
-) -> UpsertStats:
+def sync_reference_table(table: sa.Table, frame: pd.DataFrame, warehouse: Warehouse) -> UpsertStats:
     """Upsert a whole reference table (calendar, security master) in one transaction."""
     with warehouse.begin() as connection:
         return upsert_frame(connection, table, frame)

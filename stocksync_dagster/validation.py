@@ -18,15 +18,20 @@ def validate_bars(
     frame: pd.DataFrame, start: dt.date, end: dt.date
 ) -> tuple[pd.DataFrame, list[RejectedRow]]:
     """Split normalised bars into good rows and rejected rows (first failing reason per row)."""
-    numeric = {c: pd.to_numeric(frame[c], errors="coerce") for c in [*PRICE_COLUMNS, "volume", "amount"]}
+    numeric = {
+        c: pd.to_numeric(frame[c], errors="coerce") for c in [*PRICE_COLUMNS, "volume", "amount"]
+    }
     rules = [
         *_common_rules(frame, start, end),
         *[(f"{c} is missing or not a number", ~np.isfinite(numeric[c])) for c in numeric],
         *[(f"{c} <= 0", numeric[c] <= 0) for c in PRICE_COLUMNS],
         ("volume < 0", numeric["volume"] < 0),
         ("amount < 0", numeric["amount"] < 0),
-        ("high below open, close or low", numeric["high"] < np.maximum.reduce(
-            [numeric["open"], numeric["close"], numeric["low"]])),
+        (
+            "high below open, close or low",
+            numeric["high"]
+            < np.maximum.reduce([numeric["open"], numeric["close"], numeric["low"]]),
+        ),
         ("low above open or close", numeric["low"] > np.minimum(numeric["open"], numeric["close"])),
     ]
     good, rejected = _apply(frame, rules)

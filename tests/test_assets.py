@@ -24,7 +24,9 @@ RANGE = {
 }
 
 
-def materializations(result: dg.ExecuteInProcessResult, asset: str) -> list[dg.AssetMaterialization]:
+def materializations(
+    result: dg.ExecuteInProcessResult, asset: str
+) -> list[dg.AssetMaterialization]:
     return [m for m in result.asset_materializations_for_node(asset)]
 
 
@@ -33,7 +35,9 @@ def count(url: str, sql: str) -> int:
         return connection.exec_driver_sql(sql).scalar_one()
 
 
-def test_range_run_materializes_every_partition_with_one_fetch(warehouse_url: str, monkeypatch) -> None:
+def test_range_run_materializes_every_partition_with_one_fetch(
+    warehouse_url: str, monkeypatch
+) -> None:
     calls: list[tuple[dt.date, dt.date]] = []
     original = DemoSource.daily_bars
 
@@ -51,7 +55,11 @@ def test_range_run_materializes_every_partition_with_one_fetch(warehouse_url: st
     assert len(keys) == 20 and min(keys) == DEMO_START.isoformat()
     metadata = materializations(result, "daily_bars")[0].metadata
     expected_rows = len(DemoSource().market.bars(DEMO_START, DEMO_END))
-    assert metadata["rows"].value == expected_rows == count(warehouse_url, "SELECT count(*) FROM daily_bar")
+    assert (
+        metadata["rows"].value
+        == expected_rows
+        == count(warehouse_url, "SELECT count(*) FROM daily_bar")
+    )
     assert metadata["days"].value == 20
     assert metadata["market_open"].value is True
     assert "preview" in metadata and "rows_per_day" in metadata
@@ -62,8 +70,20 @@ def test_reference_assets_fill_calendar_and_master(sqlite_url: str) -> None:
     result = dg.materialize(REFERENCE, resources=resources)
     assert result.success
     assert count(sqlite_url, "SELECT count(*) FROM stock_basic") > 250
-    assert count(sqlite_url, "SELECT count(*) FROM trade_calendar WHERE cal_date = '2025-10-01' AND is_open") == 0
-    assert count(sqlite_url, "SELECT count(*) FROM trade_calendar WHERE cal_date = '2025-10-09' AND is_open") == 1
+    assert (
+        count(
+            sqlite_url,
+            "SELECT count(*) FROM trade_calendar WHERE cal_date = '2025-10-01' AND is_open",
+        )
+        == 0
+    )
+    assert (
+        count(
+            sqlite_url,
+            "SELECT count(*) FROM trade_calendar WHERE cal_date = '2025-10-09' AND is_open",
+        )
+        == 1
+    )
 
 
 class ClosedMarket(DemoSource):
@@ -96,7 +116,9 @@ def test_lookback_refetches_earlier_days_and_reports_changes(sqlite_url: str) ->
     first = dg.materialize(MARKET[:1], partition_key="2025-08-15", resources=resources)
     assert first.success
     config = dg.RunConfig(ops={"daily_bars": {"config": {"lookback_days": 3}}})
-    second = dg.materialize(MARKET[:1], partition_key="2025-08-18", resources=resources, run_config=config)
+    second = dg.materialize(
+        MARKET[:1], partition_key="2025-08-18", resources=resources, run_config=config
+    )
     metadata = materializations(second, "daily_bars")[0].metadata
     assert metadata["first_day"].value == "2025-08-13"
     assert metadata["days"].value == 4
@@ -108,7 +130,9 @@ def test_repair_run_fetches_only_the_given_codes(sqlite_url: str) -> None:
     codes = list(DemoSource().market.bars(DEMO_START, DEMO_START)["code"][:3])
     resources = {"source": DemoSourceResource(), "warehouse": WarehouseResource(url=sqlite_url)}
     config = dg.RunConfig(ops={"daily_bars": {"config": {"codes": codes}}})
-    result = dg.materialize(MARKET[:1], partition_key=DEMO_START.isoformat(), resources=resources, run_config=config)
+    result = dg.materialize(
+        MARKET[:1], partition_key=DEMO_START.isoformat(), resources=resources, run_config=config
+    )
     assert result.success
     with Warehouse(sqlite_url).connect() as connection:
         stored = pd.read_sql("SELECT code FROM daily_bar", connection)
@@ -116,7 +140,9 @@ def test_repair_run_fetches_only_the_given_codes(sqlite_url: str) -> None:
 
 
 @pytest.mark.parametrize("share, succeeds", [(0.5, True), (0.0, False)])
-def test_too_many_failed_stocks_fail_the_step_after_writing(sqlite_url: str, share: float, succeeds: bool) -> None:
+def test_too_many_failed_stocks_fail_the_step_after_writing(
+    sqlite_url: str, share: float, succeeds: bool
+) -> None:
     from stocksync_dagster.sources.base import FetchFailure
 
     class Flaky(DemoSource):
@@ -134,8 +160,11 @@ def test_too_many_failed_stocks_fail_the_step_after_writing(sqlite_url: str, sha
     resources = {"source": FlakyResource(), "warehouse": WarehouseResource(url=sqlite_url)}
     config = dg.RunConfig(ops={"daily_bars": {"config": {"max_failed_share": share}}})
     result = dg.materialize(
-        MARKET[:1], partition_key=DEMO_START.isoformat(), resources=resources,
-        run_config=config, raise_on_error=False,
+        MARKET[:1],
+        partition_key=DEMO_START.isoformat(),
+        resources=resources,
+        run_config=config,
+        raise_on_error=False,
     )
     assert result.success is succeeds
     assert count(sqlite_url, "SELECT count(*) FROM daily_bar") > 0  # good rows are kept either way

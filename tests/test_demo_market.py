@@ -18,7 +18,9 @@ def test_same_seed_same_market_whatever_range_is_asked_first() -> None:
     first = DemoMarket(seed=7)
     first.bars(DEMO_START, dt.date(2026, 3, 1))
     second = DemoMarket(seed=7)
-    pd.testing.assert_frame_equal(first.bars(DEMO_START, DEMO_END), second.bars(DEMO_START, DEMO_END))
+    pd.testing.assert_frame_equal(
+        first.bars(DEMO_START, DEMO_END), second.bars(DEMO_START, DEMO_END)
+    )
     other = DemoMarket(seed=8).bars(DEMO_START, DEMO_END)
     assert not other["close"].equals(second.bars(DEMO_START, DEMO_END)["close"])
 
@@ -83,7 +85,9 @@ def test_moves_stay_within_board_limits_except_ipo_days() -> None:
     listed = bars["code"].map(stocks["list_date"])
     limits = [
         price_limit_pct(b, st)
-        for b, st in zip(bars["code"].map(stocks["board"]), bars["code"].map(stocks["is_st"]), strict=True)
+        for b, st in zip(
+            bars["code"].map(stocks["board"]), bars["code"].map(stocks["is_st"]), strict=True
+        )
     ]
     regular = bars["trade_date"] != listed
     excess = bars["pct_chg"].abs() - pd.Series(limits, index=bars.index)

@@ -1,4 +1,4 @@
-"""Trading-day partitions: no weekend, no holiday, no future key; day D appears at D 18:00 Shanghai."""
+"""Trading-day partitions: no weekend, holiday or future key; day D appears at D 18:00 Shanghai."""
 
 import datetime as dt
 
@@ -12,7 +12,9 @@ PARTITIONS = trading_day_partitions(dt.date(2025, 9, 1))
 
 
 def keys_at(year: int, month: int, day: int, hour: int, minute: int = 0) -> list[str]:
-    return PARTITIONS.get_partition_keys(current_time=dt.datetime(year, month, day, hour, minute, tzinfo=SH))
+    return PARTITIONS.get_partition_keys(
+        current_time=dt.datetime(year, month, day, hour, minute, tzinfo=SH)
+    )
 
 
 def test_no_weekends_or_holidays() -> None:
@@ -20,7 +22,14 @@ def test_no_weekends_or_holidays() -> None:
     days = [dt.date.fromisoformat(k) for k in keys]
     assert all(d.weekday() < 5 for d in days)
     # National Day 2025 (Oct 1-8) and 2026 (Oct 1-7), Spring Festival 2026, New Year 2026.
-    for holiday in ["2025-10-01", "2025-10-08", "2026-01-01", "2026-02-17", "2026-10-01", "2026-10-07"]:
+    for holiday in [
+        "2025-10-01",
+        "2025-10-08",
+        "2026-01-01",
+        "2026-02-17",
+        "2026-10-01",
+        "2026-10-07",
+    ]:
         assert holiday not in keys
     assert days == calendar.trading_days(dt.date(2025, 9, 1), dt.date(2026, 11, 20))
 

@@ -52,7 +52,11 @@ def test_values_are_parsed() -> None:
         ("STOCKSYNC_START_DATE", "1990-01-01", "before"),
         ("STOCKSYNC_DATABASE_URL", "not a url", "not a SQLAlchemy URL"),
         ("STOCKSYNC_DATABASE_URL", "mysql://u:secretpw@h/db", "unsupported database"),
-        ("STOCKSYNC_DATABASE_URL", "postgresql+pg8000://u:secretpw@h/db", "unsupported PostgreSQL driver"),
+        (
+            "STOCKSYNC_DATABASE_URL",
+            "postgresql+pg8000://u:secretpw@h/db",
+            "unsupported PostgreSQL driver",
+        ),
         ("BAOSTOCK_SERVER", "localhost", "not host:port"),
         ("BAOSTOCK_SERVER", "localhost:99999", "not host:port"),
         ("TUSHARE_TOKEN", " , ", "no token"),
@@ -71,7 +75,12 @@ def test_bad_values_name_the_setting(variable: str, value: str, expected: str) -
 
 
 def test_redaction_hides_passwords_paths_and_queries() -> None:
-    assert redact_database_url("postgresql+psycopg://u:hunter2@db/x") == "postgresql+psycopg://u:***@db/x"
+    assert (
+        redact_database_url("postgresql+psycopg://u:hunter2@db/x")
+        == "postgresql+psycopg://u:***@db/x"
+    )
     hook = "https://oapi.dingtalk.com/robot/send?access_token=SECRET"
     assert "SECRET" not in redact_url(hook)
-    assert redact_url("https://hooks.slack.com/services/T0/B0/SECRET") == "https://hooks.slack.com/***"
+    assert (
+        redact_url("https://hooks.slack.com/services/T0/B0/SECRET") == "https://hooks.slack.com/***"
+    )

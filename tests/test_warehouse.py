@@ -47,7 +47,9 @@ def test_range_sync_writes_exactly_the_source_rows(warehouse: Warehouse) -> None
     sync_demo(warehouse)
     market = DemoSource().market
     bars = read_table(warehouse, schema.daily_bar)
-    pd.testing.assert_frame_equal(bars, expected(market.bars(DEMO_START, DEMO_END)), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        bars, expected(market.bars(DEMO_START, DEMO_END)), check_dtype=False
+    )
     factors = read_table(warehouse, schema.adj_factor)
     pd.testing.assert_frame_equal(
         factors, expected(market.adj_factors(DEMO_START, DEMO_END)), check_dtype=False
@@ -57,9 +59,7 @@ def test_range_sync_writes_exactly_the_source_rows(warehouse: Warehouse) -> None
 def test_reruns_leave_identical_rows(warehouse: Warehouse) -> None:
     sync_demo(warehouse)
     before = read_table(warehouse, schema.daily_bar)
-    report = sync.sync_market_range(
-        sync.DAILY_BARS, DemoSource(), warehouse, DEMO_START, DEMO_END
-    )
+    report = sync.sync_market_range(sync.DAILY_BARS, DemoSource(), warehouse, DEMO_START, DEMO_END)
     assert report.stats.inserted == 0 and report.stats.updated == 0
     assert report.stats.unchanged == len(before)
     one_day = dt.date(2025, 8, 18)
@@ -80,7 +80,9 @@ def test_changed_values_are_updated_in_place(warehouse: Warehouse) -> None:
     assert len(stored) == len(DemoSource().market.bars(DEMO_START, DEMO_END))
 
 
-def test_a_write_that_fails_half_way_leaves_the_previous_rows(warehouse: Warehouse, monkeypatch) -> None:
+def test_a_write_that_fails_half_way_leaves_the_previous_rows(
+    warehouse: Warehouse, monkeypatch
+) -> None:
     sync_demo(warehouse)
     before = read_table(warehouse, schema.daily_bar)
 
@@ -113,7 +115,9 @@ def test_suspended_days_are_absent_not_zero(warehouse: Warehouse) -> None:
     sync_demo(warehouse)
     bars = read_table(warehouse, schema.daily_bar)
     present = set(zip(bars["code"], bars["trade_date"], strict=True))
-    suspended = [e for e in DemoSource().market.events(DEMO_START, DEMO_END) if e.kind == "suspended"]
+    suspended = [
+        e for e in DemoSource().market.events(DEMO_START, DEMO_END) if e.kind == "suspended"
+    ]
     assert suspended and all((e.code, e.day) not in present for e in suspended)
     assert (bars["volume"] > 0).all()
 
@@ -125,24 +129,47 @@ def test_units_of_a_known_bar(warehouse: Warehouse) -> None:
     stored = bars.loc[(source_row["code"], DEMO_START)]
     assert stored["volume"] == int(source_row["volume"])  # shares
     assert stored["amount"] == pytest.approx(source_row["amount"])  # CNY
-    assert stored["amount"] / stored["volume"] == pytest.approx(stored[["open", "high", "low", "close"]].mean(), rel=0.01)
+    assert stored["amount"] / stored["volume"] == pytest.approx(
+        stored[["open", "high", "low", "close"]].mean(), rel=0.01
+    )
 
 
 def test_adjusted_views_around_an_ex_dividend_day(warehouse: Warehouse) -> None:
     sync_demo(warehouse)
     event = next(
-        e for e in DemoSource().market.events(DEMO_START, DEMO_END)
+        e
+        for e in DemoSource().market.events(DEMO_START, DEMO_END)
         if e.kind == "ex_dividend" and e.day > dt.date(2025, 8, 11)
     )
     with warehouse.connect() as connection:
-        raw = pd.read_sql(sa.text("SELECT * FROM daily_bar WHERE code = :c ORDER BY trade_date"), connection, params={"c": event.code})
-        hfq = pd.read_sql(sa.text("SELECT * FROM daily_bar_hfq WHERE code = :c ORDER BY trade_date"), connection, params={"c": event.code})
-        qfq = pd.read_sql(sa.text("SELECT * FROM daily_bar_qfq WHERE code = :c ORDER BY trade_date"), connection, params={"c": event.code})
-        factors = pd.read_sql(sa.text("SELECT * FROM adj_factor WHERE code = :c ORDER BY trade_date"), connection, params={"c": event.code})
+        raw = pd.read_sql(
+            sa.text("SELECT * FROM daily_bar WHERE code = :c ORDER BY trade_date"),
+            connection,
+            params={"c": event.code},
+        )
+        hfq = pd.read_sql(
+            sa.text("SELECT * FROM daily_bar_hfq WHERE code = :c ORDER BY trade_date"),
+            connection,
+            params={"c": event.code},
+        )
+        qfq = pd.read_sql(
+            sa.text("SELECT * FROM daily_bar_qfq WHERE code = :c ORDER BY trade_date"),
+            connection,
+            params={"c": event.code},
+        )
+        factors = pd.read_sql(
+            sa.text("SELECT * FROM adj_factor WHERE code = :c ORDER BY trade_date"),
+            connection,
+            params={"c": event.code},
+        )
     assert len(raw) == len(hfq) == len(qfq) == len(factors)
-    pd.testing.assert_series_equal(hfq["close"], raw["close"] * factors["adj_factor"], check_names=False)
+    pd.testing.assert_series_equal(
+        hfq["close"], raw["close"] * factors["adj_factor"], check_names=False
+    )
     latest = factors["adj_factor"].iloc[-1]
-    pd.testing.assert_series_equal(qfq["close"], raw["close"] * factors["adj_factor"] / latest, check_names=False)
+    pd.testing.assert_series_equal(
+        qfq["close"], raw["close"] * factors["adj_factor"] / latest, check_names=False
+    )
     day = pd.to_datetime(raw["trade_date"]).dt.date
     i = int((day == event.day).to_numpy().nonzero()[0][0])
     assert i > 0, "the window must hold the day before the ex day"
@@ -150,7 +177,9 @@ def test_adjusted_views_around_an_ex_dividend_day(warehouse: Warehouse) -> None:
     assert raw["pre_close"].iloc[i] < raw["close"].iloc[i - 1]
     assert hfq["pre_close"].iloc[i] == pytest.approx(hfq["close"].iloc[i - 1], rel=2e-3)
     assert qfq["pre_close"].iloc[i] == pytest.approx(qfq["close"].iloc[i - 1], rel=2e-3)
-    assert qfq["close"].iloc[-1] == pytest.approx(raw["close"].iloc[-1])  # qfq = raw on the last day
+    assert qfq["close"].iloc[-1] == pytest.approx(
+        raw["close"].iloc[-1]
+    )  # qfq = raw on the last day
 
 
 def test_duplicate_keys_are_refused_before_writing(warehouse: Warehouse) -> None:

@@ -1,7 +1,5 @@
 """Market assets partitioned by trading day: unadjusted daily bars and adjustment factors."""
 
-
-
 import dagster as dg
 
 from stocksync_dagster import calendar
@@ -44,8 +42,14 @@ def _sync(
     )
     with source.open() as src:
         report = sync_market_range(
-            dataset, src, warehouse.get(), start, end, config.codes,
-            config.max_failed_share, config.max_retries,
+            dataset,
+            src,
+            warehouse.get(),
+            start,
+            end,
+            config.codes,
+            config.max_failed_share,
+            config.max_retries,
         )
     context.log.info(
         f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
@@ -98,5 +102,3 @@ def build_market_assets(
         return _sync(ADJ_FACTOR, context, config, source, warehouse)
 
     return [daily_bars, adj_factor]
-
-

@@ -13,7 +13,9 @@ MAX_LISTED = 50
 
 
 def preview(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)")
+    return dg.MetadataValue.md(
+        frame.head(rows).to_markdown(index=False) if len(frame) else "(no rows)"
+    )
 
 
 def upsert_metadata(stats: UpsertStats) -> dict[str, int]:

@@ -1,6 +1,5 @@
 """Reference assets: the exchange calendar and the security master (unpartitioned snapshots)."""
 
-
 import datetime as dt
 
 import dagster as dg
@@ -23,7 +22,9 @@ def build_reference_assets(start_date: dt.date) -> list[dg.AssetsDefinition]:
         retry_policy=source_retry_policy(),
     )
     def trade_calendar(
-        context: dg.AssetExecutionContext, source: MarketSourceResource, warehouse: WarehouseResource
+        context: dg.AssetExecutionContext,
+        source: MarketSourceResource,
+        warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         """SSE/SZSE trading calendar (open and closed days) from the first partition to year end.
 
@@ -52,7 +53,9 @@ def build_reference_assets(start_date: dt.date) -> list[dg.AssetsDefinition]:
         retry_policy=source_retry_policy(),
     )
     def stock_basic(
-        context: dg.AssetExecutionContext, source: MarketSourceResource, warehouse: WarehouseResource
+        context: dg.AssetExecutionContext,
+        source: MarketSourceResource,
+        warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         """Security master: code, name, exchange, board, list/delist dates, status, ST flag.
 
@@ -63,7 +66,9 @@ def build_reference_assets(start_date: dt.date) -> list[dg.AssetsDefinition]:
             frame = src.stock_basic()
         stats = sync_reference_table(schema.stock_basic, frame, warehouse.get())
         context.log.info(f"stock_basic: {len(frame)} stocks")
-        by_board = frame.groupby(["exchange", "board", "status"]).size().rename("stocks").reset_index()
+        by_board = (
+            frame.groupby(["exchange", "board", "status"]).size().rename("stocks").reset_index()
+        )
         return dg.MaterializeResult(
             metadata={
                 **upsert_metadata(stats),

@@ -21,7 +21,8 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[
         raise ConfigError("START", f"{start} is after END {end}")
     if start < settings.start_date:
         raise ConfigError(
-            "START", f"{start} is before STOCKSYNC_START_DATE {settings.start_date}",
+            "START",
+            f"{start} is before STOCKSYNC_START_DATE {settings.start_date}",
             "set STOCKSYNC_START_DATE earlier to include it",
         )
     latest = calendar.last_settled_trading_day()
@@ -31,11 +32,18 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[
     if not in_range:
         raise ConfigError("START/END", f"no trading-day partition between {start} and {end}")
     instance = open_instance()
-    click.echo(f"backfill {', '.join(assets)}: {in_range[0]}..{in_range[-1]} ({len(in_range)} trading days) from {settings.source}")
+    click.echo(
+        f"backfill {', '.join(assets)}: {in_range[0]}..{in_range[-1]} "
+        f"({len(in_range)} trading days) from {settings.source}"
+    )
     began = time.monotonic()
     result = materialize_range(
-        defs, instance, dt.date.fromisoformat(in_range[0]), dt.date.fromisoformat(in_range[-1]),
-        assets=assets, tags={"stocksync/trigger": "cli-backfill"},
+        defs,
+        instance,
+        dt.date.fromisoformat(in_range[0]),
+        dt.date.fromisoformat(in_range[-1]),
+        assets=assets,
+        tags={"stocksync/trigger": "cli-backfill"},
     )
     if not result.success:
         raise StocksyncError(f"backfill run {result.run_id} failed: {first_failure(result)}")

@@ -28,11 +28,19 @@ def run_demo(settings: Settings, days: int, stocks: int) -> None:
     end = calendar.last_settled_trading_day()
     trading = calendar.trading_days(settings.start_date, end)
     if not trading:
-        raise StocksyncError(f"STOCKSYNC_START_DATE {settings.start_date} leaves no trading day to sync")
+        raise StocksyncError(
+            f"STOCKSYNC_START_DATE {settings.start_date} leaves no trading day to sync"
+        )
     start = trading[-min(days, len(trading))]
-    resources = {"source": DemoSourceResource(stocks=stocks), "warehouse": build_warehouse_resource(settings)}
+    resources = {
+        "source": DemoSourceResource(stocks=stocks),
+        "warehouse": build_warehouse_resource(settings),
+    }
     tags = {"stocksync/trigger": "demo"}
-    click.echo(f"demo: {stocks} synthetic stocks, {start}..{end}, warehouse {Warehouse(settings.database_url).safe_url}")
+    click.echo(
+        f"demo: {stocks} synthetic stocks, {start}..{end}, "
+        f"warehouse {Warehouse(settings.database_url).safe_url}"
+    )
     click.echo(f"      Dagster instance: {instance.root_directory}")
     began = time.monotonic()
     results = [
@@ -55,7 +63,9 @@ def run_demo(settings: Settings, days: int, stocks: int) -> None:
         click.echo("")
         for evaluation in checks:
             mark = "PASS" if evaluation.passed else "FAIL"
-            click.echo(f"  [{mark}] {evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
+            click.echo(
+                f"  [{mark}] {evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            )
     passed = sum(e.passed for e in checks)
     click.echo("")
     click.echo(
@@ -65,5 +75,3 @@ def run_demo(settings: Settings, days: int, stocks: int) -> None:
     click.echo("Browse it: STOCKSYNC_SOURCE=demo stocksync ui   (then open http://127.0.0.1:3000)")
     if passed < len(checks):
         raise StocksyncError("some asset checks failed: see the list above")
-
-

@@ -60,7 +60,9 @@ def run_doctor(settings: Settings) -> bool:
     click.echo(f"  ok    STOCKSYNC_SOURCE: {settings.source}")
     click.echo(f"  ok    STOCKSYNC_START_DATE: {settings.start_date}")
     if settings.baostock_server:
-        click.echo(f"  ok    BAOSTOCK_SERVER: {settings.baostock_server[0]}:{settings.baostock_server[1]}")
+        click.echo(
+            f"  ok    BAOSTOCK_SERVER: {settings.baostock_server[0]}:{settings.baostock_server[1]}"
+        )
     if settings.source == "tushare":
         click.echo(f"  ok    TUSHARE_TOKEN: {len(settings.tushare_tokens)} token(s) (not shown)")
     if settings.tushare_api_url:

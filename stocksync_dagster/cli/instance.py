@@ -21,7 +21,7 @@ python_logs:
 
 
 def dagster_home() -> Path:
-    """`$DAGSTER_HOME` if set, else `./.stocksync/dagster` (created, with ./dagster.yaml copied in)."""
+    """`$DAGSTER_HOME` if set, else `./.stocksync/dagster` (created; ./dagster.yaml copied in)."""
     configured = os.environ.get("DAGSTER_HOME")
     if configured:
         return Path(configured).resolve()

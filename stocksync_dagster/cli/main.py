@@ -65,7 +65,11 @@ def doctor() -> None:
 @click.argument("start", type=click.DateTime(formats=["%Y-%m-%d"]))
 @click.argument("end", type=click.DateTime(formats=["%Y-%m-%d"]))
 @click.option(
-    "--asset", "assets", multiple=True, default=["daily_bars", "adj_factor"], show_default=True,
+    "--asset",
+    "assets",
+    multiple=True,
+    default=["daily_bars", "adj_factor"],
+    show_default=True,
     help="Partitioned asset(s) to backfill.",
 )
 def backfill(start: dt.datetime, end: dt.datetime, assets: tuple[str, ...]) -> None:

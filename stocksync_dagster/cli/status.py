@@ -20,23 +20,37 @@ def partition_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> pd.D
         partitions = asset.partitions_def
         if partitions is None:
             record = instance.get_latest_materialization_event(key)
-            rows.append({
-                "asset": key.to_user_string(), "partitions": 1,
-                "materialized": int(record is not None), "failed": 0, "in_progress": 0,
-                "missing": int(record is None),
-                "last_materialized": pd.Timestamp(record.timestamp, unit="s").strftime("%Y-%m-%d %H:%M") if record else "",
-            })
+            rows.append(
+                {
+                    "asset": key.to_user_string(),
+                    "partitions": 1,
+                    "materialized": int(record is not None),
+                    "failed": 0,
+                    "in_progress": 0,
+                    "missing": int(record is None),
+                    "last_materialized": pd.Timestamp(record.timestamp, unit="s").strftime(
+                        "%Y-%m-%d %H:%M"
+                    )
+                    if record
+                    else "",
+                }
+            )
             continue
         keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
         statuses = instance.get_status_by_partition(key, keys, partitions) or {}
         counts = pd.Series([s.value if s else "MISSING" for s in statuses.values()]).value_counts()
         materialized = [k for k, s in statuses.items() if s == dg.AssetPartitionStatus.MATERIALIZED]
-        rows.append({
-            "asset": key.to_user_string(), "partitions": len(keys),
-            "materialized": int(counts.get("MATERIALIZED", 0)), "failed": int(counts.get("FAILED", 0)),
-            "in_progress": int(counts.get("IN_PROGRESS", 0)), "missing": int(counts.get("MISSING", 0)),
-            "last_materialized": max(materialized) if materialized else "",
-        })
+        rows.append(
+            {
+                "asset": key.to_user_string(),
+                "partitions": len(keys),
+                "materialized": int(counts.get("MATERIALIZED", 0)),
+                "failed": int(counts.get("FAILED", 0)),
+                "in_progress": int(counts.get("IN_PROGRESS", 0)),
+                "missing": int(counts.get("MISSING", 0)),
+                "last_materialized": max(materialized) if materialized else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -48,15 +62,22 @@ def check_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> pd.DataF
         record = latest.get(check_key)
         evaluation = record.evaluation if record else None
         failed = evaluation is not None and not evaluation.passed
-        rows.append({
-            "check": f"{check_key.asset_key.to_user_string()}:{check_key.name}",
-            "result": "not run" if record is None else (
-                "PASSED" if evaluation and evaluation.passed
-                else f"FAILED ({evaluation.severity.value})" if failed else record.status.value
-            ),
-            # The check's one-line description names the offending days / codes.
-            "detail": _shorten(evaluation.description or "") if failed else "",
-        })
+        rows.append(
+            {
+                "check": f"{check_key.asset_key.to_user_string()}:{check_key.name}",
+                "result": "not run"
+                if record is None
+                else (
+                    "PASSED"
+                    if evaluation and evaluation.passed
+                    else f"FAILED ({evaluation.severity.value})"
+                    if failed
+                    else record.status.value
+                ),
+                # The check's one-line description names the offending days / codes.
+                "detail": _shorten(evaluation.description or "") if failed else "",
+            }
+        )
     frame = pd.DataFrame(rows, columns=["check", "result", "detail"])
     return frame.sort_values("check", ignore_index=True)
 

@@ -37,7 +37,7 @@ class DemoSourceResource(MarketSourceResource):
 
 
 class BaostockSourceResource(MarketSourceResource):
-    """baostock: one login per worker process; bounded parallelism (the service blacklists floods)."""
+    """baostock: one login per worker process, bounded parallelism (floods get blacklisted)."""
 
     server: str | None = None  # host:port; None = the library's own server
     workers: int = 4
@@ -58,7 +58,7 @@ class BaostockSourceResource(MarketSourceResource):
 
 
 class TushareSourceResource(MarketSourceResource):
-    """Tushare Pro: whole-market calls per trade date over a token pool with per-token rate limits."""
+    """Tushare Pro: whole-market calls per trade date over a rate-limited token pool."""
 
     tokens: str  # one token or a comma-separated pool; pass dg.EnvVar("TUSHARE_TOKEN")
     api_url: str | None = None
@@ -89,5 +89,9 @@ def build_source_resource(settings: Settings) -> MarketSourceResource:
         return TushareSourceResource(
             tokens=dg.EnvVar("TUSHARE_TOKEN"), api_url=settings.tushare_api_url
         )
-    server = f"{settings.baostock_server[0]}:{settings.baostock_server[1]}" if settings.baostock_server else None
+    server = (
+        f"{settings.baostock_server[0]}:{settings.baostock_server[1]}"
+        if settings.baostock_server
+        else None
+    )
     return BaostockSourceResource(server=server)

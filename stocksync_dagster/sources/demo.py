@@ -15,7 +15,7 @@ from stocksync_dagster.sources.demo_market import DEFAULT_ORIGIN, DemoMarket
 
 @lru_cache(maxsize=4)
 def shared_market(n_stocks: int, seed: int, origin: dt.date = DEFAULT_ORIGIN) -> DemoMarket:
-    """One market per (size, seed, origin) per process, so repeated runs reuse the generated panel."""
+    """One market per (size, seed, origin) per process: repeated runs reuse the panel."""
     return DemoMarket(n_stocks=n_stocks, seed=seed, origin=origin)
 
 
@@ -50,4 +50,5 @@ class DemoSource(MarketSource):
         return FetchResult(frame=frame, calls=1)
 
     def check_connection(self) -> str:
-        return f"demo: offline synthetic market, {self.market.n_stocks} stocks, seed {self.market.seed}"
+        market = self.market
+        return f"demo: offline synthetic market, {market.n_stocks} stocks, seed {market.seed}"

@@ -1,4 +1,4 @@
-"""A deterministic synthetic A-share market: the `demo` source and the fixture the fake servers serve.
+"""A deterministic synthetic A-share market: the `demo` source, and what the fake servers serve.
 
 Everything is a pure function of (seed, number of stocks, origin): a day's values never depend
 on which range is asked for. It has what real data has: suspensions, IPOs, delistings, ST stocks,
@@ -78,9 +78,7 @@ class DemoMarket:
             for is_delisted in delist
         ]
         is_st = (~ipo) & (rng.random(n) < 0.04)
-        names = [
-            ("ST" if st else "") + f"示例{i:04d}" for i, st in enumerate(is_st)
-        ]
+        names = [("ST" if st else "") + f"示例{i:04d}" for i, st in enumerate(is_st)]
         frame = pd.DataFrame(
             {
                 "code": codes,
@@ -96,7 +94,7 @@ class DemoMarket:
         return frame
 
     def stock_basic(self, as_of: dt.date) -> pd.DataFrame:
-        """The master as known on `as_of`: IPOs after it are not yet there, later delistings not yet done."""
+        """The master as known on `as_of`: later IPOs absent, later delistings not yet done."""
         frame = self.stocks[self.stocks["list_date"] <= as_of].copy()
         not_yet = frame["delist_date"].map(lambda d: d is None or d > as_of)
         frame.loc[not_yet, "delist_date"] = None
@@ -114,7 +112,10 @@ class DemoMarket:
         stocks = self.stocks
         n = self.n_stocks
         limits = np.array(
-            [price_limit_pct(b, st) / 100 for b, st in zip(stocks["board"], stocks["is_st"], strict=True)]
+            [
+                price_limit_pct(b, st) / 100
+                for b, st in zip(stocks["board"], stocks["is_st"], strict=True)
+            ]
         )
         list_ord = np.array([d.toordinal() for d in stocks["list_date"]])
         delist_ord = np.array(
@@ -134,7 +135,9 @@ class DemoMarket:
             factor[list_ord >= self.origin.toordinal()] = 1.0
             traded_days = np.where(list_ord < self.origin.toordinal(), 1000, 0)
             last_ex_year = np.zeros(n, dtype=int)
-        rows: dict[str, list[np.ndarray]] = {k: [] for k in (*_PRICE_FIELDS, "volume", "amount", "pct_chg", "adj_factor", "traded")}
+        rows: dict[str, list[np.ndarray]] = {
+            k: [] for k in (*_PRICE_FIELDS, "volume", "amount", "pct_chg", "adj_factor", "traded")
+        }
         for day in new_days:
             rng = np.random.default_rng([self.seed, 100, day.toordinal()])
             z = rng.standard_normal((6, n))
@@ -146,7 +149,13 @@ class DemoMarket:
             first_day = traded & (traded_days == 0)
             # ex-dividend: once a year, on the first trading day past June 1 + offset
             ex_start = dt.date(day.year, 6, 1).toordinal() + ex_offset
-            ex_day = traded & ~first_day & (ordinal >= ex_start) & (last_ex_year < day.year) & (traded_days > 20)
+            ex_day = (
+                traded
+                & ~first_day
+                & (ordinal >= ex_start)
+                & (last_ex_year < day.year)
+                & (traded_days > 20)
+            )
             dividend = np.where(ex_day, last_close * (0.005 + 0.025 * u[1]), 0.0)
             ratio = np.where(ex_day & bonus, 1.3, 1.0)
             pre_close = np.where(ex_day, np.round((last_close - dividend) / ratio, 2), last_close)
@@ -165,17 +174,28 @@ class DemoMarket:
             hi_lim = np.where(first_day, close * 1.2, up_price)
             open_ = np.clip(np.round(pre_close * (1 + 0.006 * z[1]), 2), lo_lim, hi_lim)
             open_ = np.where(first_day, np.round((pre_close + close) / 2, 2), open_)
-            high = np.clip(np.round(np.maximum(open_, close) * (1 + np.abs(0.008 * z[2])), 2), None, hi_lim)
+            high = np.clip(
+                np.round(np.maximum(open_, close) * (1 + np.abs(0.008 * z[2])), 2), None, hi_lim
+            )
             high = np.maximum(high, np.maximum(open_, close))
-            low = np.clip(np.round(np.minimum(open_, close) * (1 - np.abs(0.008 * z[3])), 2), lo_lim, None)
+            low = np.clip(
+                np.round(np.minimum(open_, close) * (1 - np.abs(0.008 * z[3])), 2), lo_lim, None
+            )
             low = np.minimum(low, np.minimum(open_, close))
             volume = np.round(np.exp(13.5 + 0.5 * z[4]) / 100) * 100
             amount = np.round(volume * (open_ + high + low + close) / 4)
             pct_chg = np.round((close / pre_close - 1) * 100, 4)
             for name, values in (
-                ("open", open_), ("high", high), ("low", low), ("close", close),
-                ("pre_close", pre_close), ("volume", volume), ("amount", amount),
-                ("pct_chg", pct_chg), ("adj_factor", factor), ("traded", traded),
+                ("open", open_),
+                ("high", high),
+                ("low", low),
+                ("close", close),
+                ("pre_close", pre_close),
+                ("volume", volume),
+                ("amount", amount),
+                ("pct_chg", pct_chg),
+                ("adj_factor", factor),
+                ("traded", traded),
             ):
                 rows[name].append(values)
             last_close = np.where(traded, close, last_close)
@@ -192,34 +212,53 @@ class DemoMarket:
         self._panel["_last_ex_year"] = last_ex_year
         self._days.extend(new_days)
 
-    def _slice(self, start: dt.date, end: dt.date, codes: list[str] | None) -> tuple[list[dt.date], slice, np.ndarray]:
+    def _slice(
+        self, start: dt.date, end: dt.date, codes: list[str] | None
+    ) -> tuple[list[dt.date], slice, np.ndarray]:
         if start < self.origin:
             raise ValueError(f"the demo market starts on {self.origin}; asked for {start}")
         self._extend(end)
-        lo = np.searchsorted(np.array([d.toordinal() for d in self._days]), start.toordinal(), "left")
-        hi = np.searchsorted(np.array([d.toordinal() for d in self._days]), end.toordinal(), "right")
+        lo = np.searchsorted(
+            np.array([d.toordinal() for d in self._days]), start.toordinal(), "left"
+        )
+        hi = np.searchsorted(
+            np.array([d.toordinal() for d in self._days]), end.toordinal(), "right"
+        )
         columns = np.ones(self.n_stocks, dtype=bool)
         if codes is not None:
             columns = self.stocks["code"].isin(list(codes)).to_numpy()
         return self._days[lo:hi], slice(lo, hi), columns
 
     def bars(self, start: dt.date, end: dt.date, codes: list[str] | None = None) -> pd.DataFrame:
-        """Normalised unadjusted bars (see `sources.base`), sorted by trade_date, code."""
+        """Normalised unadjusted bars (see `sources.base`), by trade_date then in master order."""
         days, rows, columns = self._slice(start, end, codes)
-        return self._frame(days, rows, columns, ("open", "high", "low", "close", "pre_close", "volume", "amount", "pct_chg"))
+        return self._frame(
+            days,
+            rows,
+            columns,
+            ("open", "high", "low", "close", "pre_close", "volume", "amount", "pct_chg"),
+        )
 
-    def adj_factors(self, start: dt.date, end: dt.date, codes: list[str] | None = None) -> pd.DataFrame:
+    def adj_factors(
+        self, start: dt.date, end: dt.date, codes: list[str] | None = None
+    ) -> pd.DataFrame:
         """Cumulative adjustment factors on every traded day."""
         days, rows, columns = self._slice(start, end, codes)
         return self._frame(days, rows, columns, ("adj_factor",))
 
-    def _frame(self, days: list[dt.date], rows: slice, columns: np.ndarray, fields: tuple[str, ...]) -> pd.DataFrame:
-        traded = self._panel["traded"][rows][:, columns] if days else np.zeros((0, columns.sum()), bool)
+    def _frame(
+        self, days: list[dt.date], rows: slice, columns: np.ndarray, fields: tuple[str, ...]
+    ) -> pd.DataFrame:
+        traded = (
+            self._panel["traded"][rows][:, columns] if days else np.zeros((0, columns.sum()), bool)
+        )
         day_index, stock_index = np.nonzero(traded)
         codes = self.stocks["code"].to_numpy()[columns]
         data: dict[str, object] = {
             "code": codes[stock_index],
-            "trade_date": np.array(days, dtype=object)[day_index] if days else np.array([], dtype=object),
+            "trade_date": np.array(days, dtype=object)[day_index]
+            if days
+            else np.array([], dtype=object),
         }
         for name in fields:
             values = self._panel[name][rows][:, columns] if days else np.zeros((0, columns.sum()))
@@ -228,33 +267,48 @@ class DemoMarket:
 
     def calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
         days = pd.date_range(start, end, freq="D").date
-        return pd.DataFrame({"cal_date": days, "is_open": [calendar.is_trading_day(d) for d in days]})
+        return pd.DataFrame(
+            {"cal_date": days, "is_open": [calendar.is_trading_day(d) for d in days]}
+        )
 
     def events(self, start: dt.date, end: dt.date) -> list[MarketEvent]:
-        """IPOs, delistings, ex-dividend, limit and suspension days in [start, end] (for tests and docs)."""
+        """IPO, delisting, ex-dividend, limit and suspension days in [start, end] (tests, docs)."""
         days, rows, _ = self._slice(start, end, None)
         codes = self.stocks["code"].to_numpy()
         found: list[MarketEvent] = []
-        for code, listed, delisted in zip(codes, self.stocks["list_date"], self.stocks["delist_date"], strict=True):
+        for code, listed, delisted in zip(
+            codes, self.stocks["list_date"], self.stocks["delist_date"], strict=True
+        ):
             if start <= listed <= end:
                 found.append(MarketEvent(code, listed, "ipo"))
             if delisted is not None and start <= delisted <= end:
                 found.append(MarketEvent(code, delisted, "delist"))
         factor = self._panel["adj_factor"][rows]
-        previous = self._panel["adj_factor"][max(rows.start - 1, 0): rows.stop - 1]
+        previous = self._panel["adj_factor"][max(rows.start - 1, 0) : rows.stop - 1]
         if rows.start == 0 and len(days):
             previous = np.vstack([factor[:1], factor[:-1]])
         traded = self._panel["traded"][rows]
         pct = self._panel["pct_chg"][rows]
-        limits = np.array([price_limit_pct(b, st) for b, st in zip(self.stocks["board"], self.stocks["is_st"], strict=True)])
+        limits = np.array(
+            [
+                price_limit_pct(b, st)
+                for b, st in zip(self.stocks["board"], self.stocks["is_st"], strict=True)
+            ]
+        )
         list_ord = np.array([d.toordinal() for d in self.stocks["list_date"]])
-        delist_ord = np.array([d.toordinal() if d is not None else 10**9 for d in self.stocks["delist_date"]])
+        delist_ord = np.array(
+            [d.toordinal() if d is not None else 10**9 for d in self.stocks["delist_date"]]
+        )
         for i, day in enumerate(days):
             for j in np.nonzero(traded[i] & (factor[i] != previous[i]))[0]:
                 found.append(MarketEvent(codes[j], day, "ex_dividend"))
-            at_limit = traded[i] & (np.abs(np.abs(pct[i]) - limits) < 0.3) & (list_ord < day.toordinal())
+            at_limit = (
+                traded[i] & (np.abs(np.abs(pct[i]) - limits) < 0.3) & (list_ord < day.toordinal())
+            )
             for j in np.nonzero(at_limit)[0]:
-                found.append(MarketEvent(codes[j], day, "limit_up" if pct[i, j] > 0 else "limit_down"))
+                found.append(
+                    MarketEvent(codes[j], day, "limit_up" if pct[i, j] > 0 else "limit_down")
+                )
             listed = (list_ord <= day.toordinal()) & (day.toordinal() < delist_ord)
             for j in np.nonzero(listed & ~traded[i])[0]:
                 found.append(MarketEvent(codes[j], day, "suspended"))

@@ -70,9 +70,16 @@ def _require(raw: pd.DataFrame, fields: tuple[str, ...], api: str) -> None:
 
 
 def _validated(
-    raw: pd.DataFrame, day: dt.date, numeric: tuple[str, ...], api: str
+    raw: pd.DataFrame,
+    day: dt.date,
+    numeric: tuple[str, ...],
+    api: str,
+    nullable: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, pd.Series, list[RejectedRow]]:
-    """Rows of one day's reply that parse; numbers as float; the rest as rejected rows."""
+    """Rows of one day's reply that parse; numbers as float; the rest as rejected rows.
+
+    A missing value (null) is accepted in `nullable` columns and becomes NaN (SQL NULL).
+    """
     _require(raw, ("ts_code", "trade_date", *numeric), api)
     raw = raw.reset_index(drop=True)
     codes = raw["ts_code"].map(_code_or_none)
@@ -85,8 +92,13 @@ def _validated(
     for column in numeric:
         values = pd.to_numeric(raw[column], errors="coerce").astype(float)
         bad = ~np.isfinite(values.to_numpy()) & (reasons == "").to_numpy()
+        if column in nullable:
+            bad &= raw[column].notna().to_numpy()
         for i in raw.index[bad]:
-            reasons[i] = f"non-numeric {column}: {raw.at[i, column]!r}"
+            value = raw.at[i, column]
+            reasons[i] = (
+                f"missing {column}" if pd.isna(value) else f"non-numeric {column}: {value!r}"
+            )
         numbers[column] = values
     duplicate = codes.duplicated() & codes.notna() & (reasons == "")
     reasons[duplicate] = "duplicate row for this code and day"
@@ -106,7 +118,9 @@ def _validated(
 def bars_frame(raw: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, list[RejectedRow]]:
     """One day of `daily` -> BAR_COLUMNS (volume in shares, amount in CNY)."""
     numeric = BAR_FIELDS[2:]
-    numbers, codes, rejected = _validated(raw, day, numeric, "daily")
+    # pre_close / pct_chg / amount may legitimately be missing; prices and volume may not
+    nullable = ("pre_close", "pct_chg", "amount")
+    numbers, codes, rejected = _validated(raw, day, numeric, "daily", nullable)
     frame = pd.DataFrame(
         {
             "code": codes.to_numpy(dtype=object),
@@ -156,7 +170,7 @@ def calendar_frame(raw: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFr
 
 
 def stock_basic_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """`stock_basic` (all list statuses) -> STOCK_BASIC_COLUMNS, plus the codes that did not parse."""
+    """`stock_basic` (all statuses) -> STOCK_BASIC_COLUMNS, plus the codes that did not parse."""
     _require(raw, STOCK_BASIC_FIELDS, "stock_basic")
     codes = raw["ts_code"].map(_code_or_none)
     skipped = [str(v) for v in raw["ts_code"][codes.isna()]]

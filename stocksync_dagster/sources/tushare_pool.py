@@ -19,6 +19,7 @@ from stocksync_dagster.errors import SourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
+_WINDOW_MARGIN = 0.02
 _RATE_LIMIT_COUNT = re.compile(r"最多访问该接口(\d+)次")
 TOKEN_HELP = (
     "Set TUSHARE_TOKEN to one or more valid tokens (comma-separated) whose permission level "
@@ -32,7 +33,7 @@ def mask_token(token: str) -> str:
 
 
 def rate_limit_count(message: str) -> int | None:
-    """N from the reply "抱歉，您每分钟最多访问该接口N次…", or None if it is not a rate-limit reply."""
+    """N from the reply "抱歉，您每分钟最多访问该接口N次…"; None if not a rate-limit reply."""
     match = _RATE_LIMIT_COUNT.search(message)
     return int(match.group(1)) if match else None
 
@@ -88,12 +89,16 @@ class TokenPool:
         rate_limit_pause_seconds: float = 5.0,
     ) -> None:
         if not tokens:
-            raise SourceUnavailableError("tushare", "token pool", "no token given", what_to_do=TOKEN_HELP)
+            raise SourceUnavailableError(
+                "tushare", "token pool", "no token given", what_to_do=TOKEN_HELP
+            )
         if calls_per_minute < 1:
             raise ValueError("calls_per_minute must be at least 1")
         self.entries = [PooledToken(i, t, make_client(t)) for i, t in enumerate(tokens, start=1)]
         self.calls_per_minute = calls_per_minute
-        self.window_seconds = window_seconds
+        # a slot frees a little after the window: the server may count a call from its arrival,
+        # later than we do, and a refusal costs a pause
+        self.window_seconds = window_seconds * (1 + _WINDOW_MARGIN)
         self.rate_limit_pause_seconds = rate_limit_pause_seconds
         self._cond = threading.Condition()
 

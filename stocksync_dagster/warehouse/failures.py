@@ -55,10 +55,16 @@ def record_failures(
         old = existing.get((day, code))
         if old is None or old.status == "resolved":
             values = {
-                "asset": asset, "trade_date": day, "code": code,
-                "error_class": failure.error_class[:64], "error": message,
-                "retry_count": 0, "status": "pending",
-                "first_attempt_at": now, "last_attempt_at": now, "resolved_at": None,
+                "asset": asset,
+                "trade_date": day,
+                "code": code,
+                "error_class": failure.error_class[:64],
+                "error": message,
+                "retry_count": 0,
+                "status": "pending",
+                "first_attempt_at": now,
+                "last_attempt_at": now,
+                "resolved_at": None,
             }
             if old is None:
                 inserts.append(values)
@@ -66,14 +72,24 @@ def record_failures(
                 updates.append({"row_id": old.id, **values})
         else:
             retries = old.retry_count + 1
-            status = "abandoned" if retries >= max_retries or old.status == "abandoned" else "retrying"
-            updates.append({
-                "row_id": old.id, "asset": asset, "trade_date": day, "code": code,
-                "error_class": failure.error_class[:64], "error": message,
-                "retry_count": retries, "status": status,
-                "first_attempt_at": old.first_attempt_at, "last_attempt_at": now,
-                "resolved_at": None,
-            })
+            status = (
+                "abandoned" if retries >= max_retries or old.status == "abandoned" else "retrying"
+            )
+            updates.append(
+                {
+                    "row_id": old.id,
+                    "asset": asset,
+                    "trade_date": day,
+                    "code": code,
+                    "error_class": failure.error_class[:64],
+                    "error": message,
+                    "retry_count": retries,
+                    "status": status,
+                    "first_attempt_at": old.first_attempt_at,
+                    "last_attempt_at": now,
+                    "resolved_at": None,
+                }
+            )
     if inserts:
         connection.execute(sa.insert(sync_failure), inserts)
     if updates:
@@ -96,9 +112,7 @@ def resolve_failures(
     `fetched_codes` is what was asked for (None = the whole market). Returns rows resolved.
     """
     failing_codes = {f.code for f in still_failing if f.code is not None}
-    failing_days = {
-        (f.start, f.end) for f in still_failing if f.code is None
-    }
+    failing_days = {(f.start, f.end) for f in still_failing if f.code is None}
     open_rows = connection.execute(
         sa.select(sync_failure.c.id, sync_failure.c.code, sync_failure.c.trade_date).where(
             sync_failure.c.asset == asset,
@@ -147,8 +161,14 @@ def record_rejections(
         connection.execute(
             sa.insert(sync_rejected_row),
             [
-                {"asset": asset, "trade_date": r.trade_date, "code": r.code[:64],
-                 "reason": r.reason, "raw": r.raw, "rejected_at": now}
+                {
+                    "asset": asset,
+                    "trade_date": r.trade_date,
+                    "code": r.code[:64],
+                    "reason": r.reason,
+                    "raw": r.raw,
+                    "rejected_at": now,
+                }
                 for r in rejected
             ],
         )
@@ -163,4 +183,6 @@ def open_failures(
     if asset is not None:
         query = query.where(sync_failure.c.asset == asset)
     query = query.order_by(sync_failure.c.trade_date, sync_failure.c.code)
-    return pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in sync_failure.columns])
+    return pd.DataFrame(
+        connection.execute(query).mappings().all(), columns=[c.name for c in sync_failure.columns]
+    )

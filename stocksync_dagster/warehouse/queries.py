@@ -10,7 +10,11 @@ import sqlalchemy as sa
 from stocksync_dagster.warehouse import schema
 
 SUMMARY_TABLES = ("trade_calendar", "stock_basic", "daily_bar", "adj_factor", "sync_failure")
-_DATE_COLUMNS = {"trade_calendar": "cal_date", "daily_bar": "trade_date", "adj_factor": "trade_date"}
+_DATE_COLUMNS = {
+    "trade_calendar": "cal_date",
+    "daily_bar": "trade_date",
+    "adj_factor": "trade_date",
+}
 
 
 def table_summary(connection: sa.Connection) -> pd.DataFrame:
@@ -22,7 +26,12 @@ def table_summary(connection: sa.Connection) -> pd.DataFrame:
         if date_column:
             column = table.c[date_column]
             count, days, first, last = connection.execute(
-                sa.select(sa.func.count(), sa.func.count(sa.distinct(column)), sa.func.min(column), sa.func.max(column))
+                sa.select(
+                    sa.func.count(),
+                    sa.func.count(sa.distinct(column)),
+                    sa.func.min(column),
+                    sa.func.max(column),
+                )
             ).one()
         else:
             count = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
@@ -31,7 +40,9 @@ def table_summary(connection: sa.Connection) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def days_with_rows(connection: sa.Connection, table: sa.Table, start: dt.date, end: dt.date) -> dict[dt.date, int]:
+def days_with_rows(
+    connection: sa.Connection, table: sa.Table, start: dt.date, end: dt.date
+) -> dict[dt.date, int]:
     """Row count per trade_date in [start, end] (days without rows are absent)."""
     column = table.c.trade_date
     result = connection.execute(
@@ -44,7 +55,13 @@ def failure_summary(connection: sa.Connection) -> pd.DataFrame:
     """sync_failure rows per asset and status."""
     table = schema.sync_failure
     result = connection.execute(
-        sa.select(table.c.asset, table.c.status, sa.func.count(), sa.func.min(table.c.trade_date), sa.func.max(table.c.trade_date))
+        sa.select(
+            table.c.asset,
+            table.c.status,
+            sa.func.count(),
+            sa.func.min(table.c.trade_date),
+            sa.func.max(table.c.trade_date),
+        )
         .group_by(table.c.asset, table.c.status)
         .order_by(table.c.asset, table.c.status)
     )

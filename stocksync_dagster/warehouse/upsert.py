@@ -86,7 +86,9 @@ def _merge_statement(
 ) -> sa.Insert:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
-    stmt = insert(table).from_select(columns, sa.select(*[stage.c[c] for c in columns]).where(sa.true()))
+    stmt = insert(table).from_select(
+        columns, sa.select(*[stage.c[c] for c in columns]).where(sa.true())
+    )
     changing = [c for c in columns if c not in keys]
     return stmt.on_conflict_do_update(
         index_elements=keys,
@@ -126,7 +128,9 @@ def _pg_copy(
     sql = f"COPY {target} ({', '.join(columns)}) FROM STDIN"
     if raw.__class__.__module__.startswith("psycopg2"):
         buffer = io.StringIO()
-        pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(buffer, index=False, header=False)
+        pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(
+            buffer, index=False, header=False
+        )
         buffer.seek(0)
         with raw.cursor() as cursor:
             cursor.copy_expert(f"{sql} WITH (FORMAT csv)", buffer)
@@ -161,7 +165,9 @@ def _python_columns(frame: pd.DataFrame, table: sa.Table, columns: list[str]) ->
         elif isinstance(column_type, sa.Boolean):
             values = [None if v is None or v is pd.NA else bool(v) for v in series.tolist()]
         else:
-            values = [None if v is None or v is pd.NA or v != v else str(v) for v in series.tolist()]
+            values = [
+                None if v is None or v is pd.NA or v != v else str(v) for v in series.tolist()
+            ]
         out.append(values)
     return out
 
