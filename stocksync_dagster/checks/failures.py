@@ -1,0 +1,72 @@
+"""Open sync failures: unresolved `sync_failure` rows (WARN while retried, ERROR once abandoned)."""
+
+import dagster as dg
+import pandas as pd
+
+from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
+from stocksync_dagster.resources import WarehouseResource
+from stocksync_dagster.warehouse import Warehouse, health
+from stocksync_dagster.warehouse.schema import WHOLE_DAY
+
+
+def evaluate_open_failures(warehouse: Warehouse, asset: str) -> dg.AssetCheckResult:
+    with warehouse.connect() as connection:
+        rows = health.open_failures(connection, asset)
+    if rows.empty:
+        return result(True, f"no open sync failures for {asset}")
+    by_status = rows["status"].value_counts()
+    by_day = (
+        rows.groupby("trade_date")
+        .agg(
+            stocks=("code", lambda c: "whole day" if WHOLE_DAY in set(c) else len(c)),
+            status=("status", lambda s: ", ".join(sorted(set(s)))),
+            codes=("code", lambda c: capped(sorted(c), 10)),
+        )
+        .reset_index()
+    )
+    abandoned = rows[rows["status"] == "abandoned"]
+    metadata: dict[str, object] = {
+        "open_rows": len(rows),
+        **{
+            f"{status}_rows": int(by_status.get(status, 0))
+            for status in ("pending", "retrying", "abandoned")
+        },
+        "day_list": capped(sorted(set(rows["trade_date"]))),
+        "code_list": capped(sorted(set(rows["code"]) - {WHOLE_DAY})),
+        "by_day": md_table(by_day),
+        "rerun": rerun_hint(rows["trade_date"]),
+    }
+    if abandoned.empty:
+        return result(
+            False,
+            f"{len(rows)} failures being retried on {rows['trade_date'].nunique()} days "
+            f"(the repair sensor retries them): {capped(sorted(set(rows['trade_date'])), 10)}",
+            None,
+            metadata,
+            dg.AssetCheckSeverity.WARN,
+        )
+    metadata["abandoned"] = md_table(
+        pd.DataFrame(abandoned[["trade_date", "code", "retries", "error"]])
+    )
+    return result(
+        False,
+        f"{len(abandoned)} failures abandoned after retries: "
+        f"{capped(abandoned['trade_date'].astype(str) + ' ' + abandoned['code'], 10)}",
+        None,
+        metadata,
+    )
+
+
+def build_open_failures_check(asset: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=asset,
+        name="no_open_sync_failures",
+        description=(
+            f"No `sync_failure` row of {asset} is open: WARN while pending/retrying (the repair "
+            "sensor is on it), ERROR once abandoned (needs a person). Names days and codes."
+        ),
+    )
+    def no_open_sync_failures(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        return evaluate_open_failures(warehouse.get(), asset)
+
+    return no_open_sync_failures
