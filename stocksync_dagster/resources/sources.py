@@ -19,10 +19,6 @@ class MarketSourceResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def open(self) -> MarketSource: ...
 
-    @property
-    def source_name(self) -> str:
-        return self.open.__self__.__class__.__name__
-
 
 class DemoSourceResource(MarketSourceResource):
     """Deterministic offline market (no network)."""
