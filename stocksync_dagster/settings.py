@@ -22,6 +22,9 @@ DEFAULT_SOURCE = "baostock"
 DEFAULT_START_DATE = dt.date(2025, 1, 2)
 STATE_DIR = Path(".stocksync")
 DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR / 'warehouse.db'}"
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+# Alert payload formats; a URL may name one as a prefix (`dingtalk+https://...`), see alerts.py.
+WEBHOOK_FORMATS = ("json", "dingtalk", "wecom", "slack")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class Settings:
     tushare_tokens: tuple[str, ...] = ()
     tushare_api_url: str | None = None
     alert_webhooks: tuple[str, ...] = field(default_factory=tuple)
+    ui_url: str = DEFAULT_UI_URL
+    nightly_at: dt.time = dt.time(18, 30)
+    catchup_at: dt.time = dt.time(8, 0)
+    lookback_days: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -50,8 +57,14 @@ class Settings:
         tokens = get("TUSHARE_TOKEN")
         api_url = get("TUSHARE_API_URL")
         webhooks = get("STOCKSYNC_ALERT_WEBHOOKS")
+        ui_url = get("STOCKSYNC_UI_URL")
+        nightly_at = get("STOCKSYNC_NIGHTLY_AT")
+        catchup_at = get("STOCKSYNC_CATCHUP_AT")
+        lookback = get("STOCKSYNC_LOOKBACK_DAYS")
         return cls(
-            database_url=validate_database_url(database_url) if database_url else DEFAULT_DATABASE_URL,
+            database_url=validate_database_url(database_url)
+            if database_url
+            else DEFAULT_DATABASE_URL,
             database_url_from_env=database_url is not None,
             source=validate_source(source),
             start_date=validate_start_date(start) if start else DEFAULT_START_DATE,
@@ -59,10 +72,14 @@ class Settings:
             tushare_tokens=parse_tokens(tokens) if tokens else (),
             tushare_api_url=validate_http_url(api_url, "TUSHARE_API_URL") if api_url else None,
             alert_webhooks=tuple(
-                validate_http_url(u.strip(), "STOCKSYNC_ALERT_WEBHOOKS")
-                for u in (webhooks or "").split(",")
-                if u.strip()
+                validate_webhook_url(u.strip()) for u in (webhooks or "").split(",") if u.strip()
             ),
+            ui_url=validate_ui_url(ui_url) if ui_url else DEFAULT_UI_URL,
+            nightly_at=parse_nightly_time(nightly_at) if nightly_at else dt.time(18, 30),
+            catchup_at=(
+                parse_time(catchup_at, "STOCKSYNC_CATCHUP_AT") if catchup_at else dt.time(8, 0)
+            ),
+            lookback_days=parse_lookback_days(lookback) if lookback else 5,
         )
 
 
@@ -84,7 +101,8 @@ def validate_start_date(text: str) -> dt.date:
         raise ConfigError("STOCKSYNC_START_DATE", f"{day} is in the future")
     if day < CALENDAR_FIRST_DAY:
         raise ConfigError(
-            "STOCKSYNC_START_DATE", f"{day} is before {CALENDAR_FIRST_DAY}, the calendar's first day"
+            "STOCKSYNC_START_DATE",
+            f"{day} is before {CALENDAR_FIRST_DAY}, the calendar's first day",
         )
     return day
 
@@ -139,6 +157,51 @@ def validate_http_url(url: str, setting: str) -> str:
     return url
 
 
+def validate_webhook_url(url: str) -> str:
+    """An http(s) URL, optionally prefixed with its payload format: `dingtalk+https://...`."""
+    scheme = url.partition("://")[0]
+    fmt, plus, _ = scheme.rpartition("+")
+    if plus and fmt not in WEBHOOK_FORMATS:
+        raise ConfigError(
+            "STOCKSYNC_ALERT_WEBHOOKS",
+            f"unknown webhook format {fmt!r}",
+            f"prefix a URL with one of {', '.join(WEBHOOK_FORMATS)}, e.g. dingtalk+https://...",
+        )
+    validate_http_url(url[len(fmt) + 1 :] if plus else url, "STOCKSYNC_ALERT_WEBHOOKS")
+    return url
+
+
+def validate_ui_url(url: str) -> str:
+    """The Dagster UI's base URL, for run links in alerts."""
+    return validate_http_url(url, "STOCKSYNC_UI_URL").rstrip("/")
+
+
+def parse_time(text: str, setting: str) -> dt.time:
+    """`HH:MM` (24 h, Asia/Shanghai) -> time."""
+    try:
+        return dt.datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        raise ConfigError(setting, f"{text!r} is not a time", "HH:MM, e.g. 18:30") from None
+
+
+def parse_nightly_time(text: str) -> dt.time:
+    """The nightly sync time: not before 18:00, when the day's partition appears."""
+    at = parse_time(text, "STOCKSYNC_NIGHTLY_AT")
+    if at.hour < 18:
+        raise ConfigError(
+            "STOCKSYNC_NIGHTLY_AT",
+            f"{text} is before 18:00",
+            "the day's data (and partition) settles at 18:00 Asia/Shanghai",
+        )
+    return at
+
+
+def parse_lookback_days(text: str) -> int:
+    if not text.isdigit() or int(text) > 60:
+        raise ConfigError("STOCKSYNC_LOOKBACK_DAYS", f"{text!r} is not 0..60", "e.g. 5")
+    return int(text)
+
+
 def redact_url(url: str) -> str:
     """Show only scheme, user and host of a URL: passwords, paths and queries may hold secrets.
 
@@ -153,7 +216,9 @@ def redact_url(url: str) -> str:
     if port:
         netloc += f":{port}"
     if parts.username:
-        netloc = f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
+        netloc = (
+            f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
+        )
     shown = f"{parts.scheme}://{netloc}" if parts.scheme else netloc
     return shown + ("/***" if parts.path.strip("/") or parts.query else "")
 

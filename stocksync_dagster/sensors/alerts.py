@@ -1,0 +1,69 @@
+"""The run-failure sensor that posts alerts to STOCKSYNC_ALERT_WEBHOOKS."""
+
+import re
+from collections.abc import Sequence
+
+import dagster as dg
+
+from stocksync_dagster.alerts import Alert, first_line, send_alert
+from stocksync_dagster.jobs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # dagster._core.errors.X: -> X:
+
+
+def run_partitions_text(tags: dict[str, str]) -> str:
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG]
+    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+        return f"{tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}"
+    return "- (unpartitioned)"
+
+
+def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequence[str]) -> Alert:
+    """What the webhooks are told about the failed run (never config, never URLs with secrets)."""
+    run = context.dagster_run
+    step_failures = context.get_step_failure_events()
+    if run.asset_selection:
+        assets = tuple(sorted(k.to_user_string() for k in run.asset_selection))
+    else:
+        assets = tuple(sorted({e.step_key for e in step_failures if e.step_key}))
+    error_event = next(
+        (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
+    )
+    if error_event is not None:
+        error = error_event.step_failure_data.error
+        while error.cause is not None:  # Dagster wraps user errors: report the root cause
+            error = error.cause
+        message = _MODULE_PATH.sub("", error.message)
+    else:
+        message = context.failure_event.message or "run failed"
+    return Alert(
+        job=run.job_name,
+        run_id=run.run_id,
+        assets=assets,
+        partitions=run_partitions_text(dict(run.tags)),
+        error=first_line(message, secrets),
+        run_url=f"{ui_url.rstrip('/')}/runs/{run.run_id}",
+    )
+
+
+def build_alert_sensor(
+    webhooks: Sequence[str], ui_url: str, secrets: Sequence[str] = (), timeout: float = 10.0
+) -> dg.SensorDefinition:
+    """Run-failure sensor over every job of this code location; RUNNING by default."""
+
+    @dg.run_failure_sensor(
+        name="failure_alert_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+    )
+    def failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
+        """Posts every failed run (asset, partitions, error, link) to STOCKSYNC_ALERT_WEBHOOKS."""
+        if not webhooks:
+            context.log.info("no STOCKSYNC_ALERT_WEBHOOKS configured; not alerting")
+            return
+        alert = alert_for(context, ui_url, secrets)
+        delivered = send_alert(alert, webhooks, timeout)
+        context.log.info(f"alert for run {alert.run_id} delivered to {delivered}/{len(webhooks)}")
+
+    return failure_alert_sensor

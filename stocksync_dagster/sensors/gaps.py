@@ -1,0 +1,167 @@
+"""The gap sensor: missing or failed market partitions become bounded range runs."""
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from stocksync_dagster import calendar
+from stocksync_dagster.jobs import (
+    MARKET_ASSETS,
+    TRIGGER_TAG,
+    AssetJob,
+    Status,
+    market_status,
+    range_tags,
+)
+from stocksync_dagster.sensors.inflight import AssetPartition, in_flight, unfinished_runs
+
+GAP_TRIGGER = "gap-sensor"
+NEEDS_RUN = (None, dg.AssetPartitionStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class GapRange:
+    """Consecutive partition keys that the same assets are missing."""
+
+    assets: tuple[str, ...]
+    keys: tuple[str, ...]
+
+    @property
+    def start(self) -> str:
+        return self.keys[0]
+
+    @property
+    def end(self) -> str:
+        return self.keys[-1]
+
+    def split(self, max_partitions: int) -> list["GapRange"]:
+        return [
+            GapRange(self.assets, self.keys[i : i + max_partitions])
+            for i in range(0, len(self.keys), max_partitions)
+        ]
+
+
+def find_gaps(
+    statuses: Mapping[str, Mapping[str, Status]],
+    keys: Sequence[str],
+    skip: set[AssetPartition] | None = None,
+) -> list[GapRange]:
+    """Missing or failed partitions, not in `skip`, grouped into ranges (keys ascending)."""
+    skip = skip or set()
+    ranges: list[GapRange] = []
+    assets: tuple[str, ...] = ()
+    run: list[str] = []
+    for key in keys:
+        need = tuple(
+            a
+            for a, by_key in statuses.items()
+            if by_key.get(key) in NEEDS_RUN and (a, key) not in skip
+        )
+        if need and need == assets:
+            run.append(key)
+            continue
+        if run:
+            ranges.append(GapRange(assets, tuple(run)))
+        assets, run = need, [key] if need else []
+    if run:
+        ranges.append(GapRange(assets, tuple(run)))
+    return ranges
+
+
+@dataclass
+class GapCursor:
+    """Tick number and the ranges requested recently (not requested again until cooled down)."""
+
+    tick: int = 0
+    recent: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str | None) -> "GapCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(data["tick"], [tuple(r) for r in data["recent"]])  # type: ignore[misc]
+
+    def dumps(self) -> str:
+        return json.dumps({"tick": self.tick, "recent": self.recent})
+
+    def cooling(
+        self, now: float, cooldown_seconds: float, keys: Sequence[str]
+    ) -> set[AssetPartition]:
+        """Partitions requested less than `cooldown_seconds` ago (older entries are dropped)."""
+        self.recent = [r for r in self.recent if now - r[3] < cooldown_seconds]
+        return {
+            (asset, k)
+            for assets, start, end, _ in self.recent
+            for asset in assets.split("+")
+            for k in keys
+            if start <= k <= end
+        }
+
+
+def build_gap_sensor(
+    job: AssetJob,
+    partitions: dg.PartitionsDefinition,
+    max_ranges_per_tick: int = 2,
+    max_partitions_per_range: int = 60,
+    max_runs_in_flight: int = 2,
+    cooldown_seconds: float = 900,
+    minimum_interval_seconds: int = 60,
+) -> dg.SensorDefinition:
+    """The gap sensor, STOPPED by default: turn it on in the UI to heal history by itself."""
+
+    @dg.sensor(
+        name="gap_sensor",
+        job=job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+    )
+    def gap_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        """Fills missing or failed daily_bars / adj_factor partitions up to the last closed day.
+
+        Contiguous gaps become single-run range runs (newest first), at most
+        `max_ranges_per_tick` per tick, `max_partitions_per_range` keys each and
+        `max_runs_in_flight` at once. Partitions already running, or requested in the last
+        `cooldown_seconds`, are not requested again.
+        """
+        last = calendar.last_settled_trading_day().isoformat()
+        keys = [k for k in partitions.get_partition_keys() if k <= last]
+        statuses = market_status(context.instance, partitions, keys)
+        cursor = GapCursor.parse(context.cursor)
+        now = time.time()
+        busy = in_flight(context.instance, keys) | cursor.cooling(now, cooldown_seconds, keys)
+        gaps = find_gaps(statuses, keys)
+        todo = find_gaps(statuses, keys, busy)
+        missing = sum(len(g.keys) * len(g.assets) for g in gaps)
+        running = len(unfinished_runs(context.instance, {TRIGGER_TAG: GAP_TRIGGER}))
+        budget = max(0, min(max_ranges_per_tick, max_runs_in_flight - running))
+        chunks = [c for g in reversed(todo) for c in reversed(g.split(max_partitions_per_range))]
+        chunks = chunks[:budget]
+        cursor.tick += 1
+        requests = []
+        for chunk in chunks:
+            assets = "+".join(chunk.assets)
+            cursor.recent.append((assets, chunk.start, chunk.end, now))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"gap:{cursor.tick}:{assets}:{chunk.start}:{chunk.end}",
+                    asset_selection=[dg.AssetKey(a) for a in chunk.assets],
+                    tags={**range_tags(chunk.start, chunk.end), TRIGGER_TAG: GAP_TRIGGER},
+                )
+            )
+            context.log.info(f"requesting {assets} {chunk.start}..{chunk.end} ({len(chunk.keys)})")
+        scope = f"{', '.join(MARKET_ASSETS)} {keys[0] if keys else '-'}..{last}"
+        if requests:
+            skip = None
+        elif not gaps:
+            skip = f"no missing or failed partitions in {scope}"
+        elif budget == 0:
+            skip = f"{missing} partitions to fill; waiting for {running} gap run(s) to finish"
+        else:
+            skip = f"{missing} partitions to fill, all running or requested recently"
+        return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor.dumps())
+
+    return gap_sensor

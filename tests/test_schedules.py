@@ -1,0 +1,118 @@
+"""The nightly and catch-up schedules evaluated at chosen times against a real instance."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from stocksync_dagster.calendar import SHANGHAI
+from stocksync_dagster.settings import Settings
+from tests.orchestration import DownSourceResource, build_defs, materialize_range
+
+FRIDAY = dt.date(2026, 11, 20)  # a trading day
+MONDAY_MORNING = dt.datetime(2026, 11, 23, 8, 0, tzinfo=SHANGHAI)
+
+
+@pytest.fixture
+def defs(sqlite_url: str) -> dg.Definitions:
+    settings = Settings(source="demo", database_url=sqlite_url, start_date=dt.date(2026, 9, 1))
+    return build_defs(settings)
+
+
+def tick(
+    defs: dg.Definitions, name: str, instance: dg.DagsterInstance, at: dt.datetime
+):  # -> ScheduleExecutionData
+    schedule = defs.get_schedule_def(name)
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()
+    )
+    return schedule.evaluate_tick(context)
+
+
+def nightly_at(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(18, 30), tzinfo=SHANGHAI)
+
+
+def test_schedules_run_on_weekdays_in_shanghai_time(defs: dg.Definitions) -> None:
+    nightly = defs.get_schedule_def("nightly_sync_schedule")
+    catch_up = defs.get_schedule_def("morning_catch_up_schedule")
+    assert (nightly.cron_schedule, nightly.execution_timezone) == ("30 18 * * 1-5", "Asia/Shanghai")
+    assert catch_up.cron_schedule == "0 8 * * *"
+    assert nightly.job_name == "nightly_sync"
+
+
+def test_nightly_requests_the_trading_day_with_lookback(defs: dg.Definitions) -> None:
+    with dg.instance_for_test() as instance:
+        data = tick(defs, "nightly_sync_schedule", instance, nightly_at(FRIDAY))
+    [request] = data.run_requests
+    assert request.partition_key == "2026-11-20"
+    assert request.run_key == "nightly:2026-11-20"
+    assert request.tags["stocksync/trigger"] == "nightly"
+    for asset in ("daily_bars", "adj_factor"):
+        assert request.run_config["ops"][asset]["config"] == {"lookback_days": 5}
+
+
+@pytest.mark.parametrize(
+    ("day", "reason"),
+    [
+        (dt.date(2026, 11, 21), "2026-11-21 (Saturday) is not a trading day"),
+        (dt.date(2026, 10, 1), "2026-10-01 (Thursday) is not a trading day"),  # National Day
+    ],
+)
+def test_nightly_skips_non_trading_days(defs: dg.Definitions, day: dt.date, reason: str) -> None:
+    with dg.instance_for_test() as instance:
+        data = tick(defs, "nightly_sync_schedule", instance, nightly_at(day))
+    assert not data.run_requests
+    assert data.skip_message == reason
+
+
+def test_nightly_skips_a_day_already_materialized(defs: dg.Definitions) -> None:
+    with dg.instance_for_test() as instance:
+        assert materialize_range(defs, instance, "2026-11-20", "2026-11-20").success
+        data = tick(defs, "nightly_sync_schedule", instance, nightly_at(FRIDAY))
+        assert not data.run_requests
+        assert data.skip_message == "2026-11-20 is already materialized (daily_bars, adj_factor)"
+        # Another day is still requested.
+        assert tick(
+            defs, "nightly_sync_schedule", instance, nightly_at(dt.date(2026, 11, 19))
+        ).run_requests
+
+
+def test_catch_up_requests_the_last_trading_day_when_missing_or_failed(
+    defs: dg.Definitions,
+) -> None:
+    with dg.instance_for_test() as instance:
+        [request] = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING).run_requests
+        assert request.partition_key == "2026-11-20"  # Monday 08:00 -> Friday
+        assert request.tags["stocksync/trigger"] == "catch-up"
+
+        failed = materialize_range(
+            defs, instance, "2026-11-20", "2026-11-20", source=DownSourceResource()
+        )
+        assert not failed.success
+        [request] = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING).run_requests
+        assert request.partition_key == "2026-11-20"
+
+        assert materialize_range(defs, instance, "2026-11-20", "2026-11-20").success
+        data = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING)
+        assert not data.run_requests
+        assert data.skip_message == "2026-11-20 is already materialized (daily_bars, adj_factor)"
+
+
+def test_schedule_times_are_configurable(sqlite_url: str) -> None:
+    settings = Settings.from_env(
+        {
+            "STOCKSYNC_SOURCE": "demo",
+            "STOCKSYNC_NIGHTLY_AT": "19:05",
+            "STOCKSYNC_CATCHUP_AT": "07:45",
+            "STOCKSYNC_LOOKBACK_DAYS": "2",
+            "STOCKSYNC_DATABASE_URL": sqlite_url,
+        }
+    )
+    defs = build_defs(settings)
+    assert defs.get_schedule_def("nightly_sync_schedule").cron_schedule == "5 19 * * 1-5"
+    assert defs.get_schedule_def("morning_catch_up_schedule").cron_schedule == "45 7 * * *"
+    with dg.instance_for_test() as instance:
+        at = dt.datetime.combine(FRIDAY, dt.time(19, 5), tzinfo=SHANGHAI)
+        [request] = tick(defs, "nightly_sync_schedule", instance, at).run_requests
+    assert request.run_config["ops"]["daily_bars"]["config"] == {"lookback_days": 2}
