@@ -25,15 +25,8 @@ def materialize_range(
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
     """One single-run backfill of `assets` over the partition keys in [start, end]."""
-    return dg.materialize(
-        _all_assets_and_checks(defs),
-        selection=_selection(assets, defs),
-        instance=instance,
-        resources=resources or defs.resources,
-        tags={**(tags or {}), RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: end.isoformat()},
-        run_config=_console(log_level),
-        raise_on_error=False,
-    )
+    tags = {**(tags or {}), RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: end.isoformat()}
+    return _materialize(defs, instance, assets, resources, tags, log_level)
 
 
 def materialize_unpartitioned(
@@ -45,6 +38,18 @@ def materialize_unpartitioned(
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
     """One run of the unpartitioned `assets`."""
+    return _materialize(defs, instance, assets, resources, tags or {}, log_level)
+
+
+def _materialize(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    assets: Sequence[str],
+    resources: dict[str, object] | None,
+    tags: dict[str, str],
+    log_level: str,
+) -> dg.ExecuteInProcessResult:
+    """Materialize `assets` and their checks in one in-process run on `instance`."""
     return dg.materialize(
         _all_assets_and_checks(defs),
         selection=_selection(assets, defs),
