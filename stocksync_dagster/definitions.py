@@ -7,6 +7,7 @@ import dagster as dg
 from stocksync_dagster.assets.market import build_market_assets
 from stocksync_dagster.assets.reference import build_reference_assets
 from stocksync_dagster.checks import build_asset_checks, build_health_check_schedule
+from stocksync_dagster.executors import executor_from_env
 from stocksync_dagster.jobs import build_jobs
 from stocksync_dagster.partitions import trading_day_partitions
 from stocksync_dagster.resources import build_source_resource, build_warehouse_resource
@@ -31,4 +32,5 @@ defs = dg.Definitions(
         "source": build_source_resource(settings),
         "warehouse": build_warehouse_resource(settings),
     },
+    executor=executor_from_env(),
 )

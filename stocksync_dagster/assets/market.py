@@ -4,7 +4,7 @@ import dagster as dg
 
 from stocksync_dagster import calendar
 from stocksync_dagster.assets.metadata import sync_metadata
-from stocksync_dagster.assets.policies import SOURCE_POOL, source_retry_policy
+from stocksync_dagster.assets.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
 from stocksync_dagster.partitions import keys_to_dates
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 from stocksync_dagster.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
@@ -69,6 +69,7 @@ def build_market_assets(
         "partitions_def": partitions,
         "backfill_policy": dg.BackfillPolicy.single_run(),
         "pool": SOURCE_POOL,
+        "op_tags": SOURCE_OP_TAGS,
         "retry_policy": retry_policy or source_retry_policy(),
         "deps": ["trade_calendar", "stock_basic"],
     }

@@ -7,6 +7,9 @@ import dagster as dg
 # Steps that call the source share this pool: `dagster instance concurrency set source N`
 # (or `concurrency.pools` in dagster.yaml) bounds how many hit the source at once.
 SOURCE_POOL = "market_source"
+# With the Celery executor (executors.py) source steps go to this queue: the number of workers
+# consuming it bounds the load on the source. Other executors ignore the tag.
+SOURCE_OP_TAGS = {"dagster-celery/queue": "source"}
 
 
 def source_retry_policy(max_retries: int = 3, delay_seconds: float = 30.0) -> dg.RetryPolicy:

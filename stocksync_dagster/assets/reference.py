@@ -6,7 +6,7 @@ import dagster as dg
 
 from stocksync_dagster import calendar
 from stocksync_dagster.assets.metadata import preview, upsert_metadata
-from stocksync_dagster.assets.policies import SOURCE_POOL, source_retry_policy
+from stocksync_dagster.assets.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 from stocksync_dagster.sync import sync_reference_table
 from stocksync_dagster.warehouse import schema
@@ -19,6 +19,7 @@ def build_reference_assets(start_date: dt.date) -> list[dg.AssetsDefinition]:
         group_name=GROUP,
         kinds={"sql"},
         pool=SOURCE_POOL,
+        op_tags=SOURCE_OP_TAGS,
         retry_policy=source_retry_policy(),
     )
     def trade_calendar(
@@ -50,6 +51,7 @@ def build_reference_assets(start_date: dt.date) -> list[dg.AssetsDefinition]:
         group_name=GROUP,
         kinds={"sql"},
         pool=SOURCE_POOL,
+        op_tags=SOURCE_OP_TAGS,
         retry_policy=source_retry_policy(),
     )
     def stock_basic(
