@@ -12,11 +12,14 @@ from stocksync_dagster.cli.instance import open_instance
 from stocksync_dagster.cli.runs import first_failure, materialize_range
 from stocksync_dagster.errors import ConfigError, StocksyncError
 from stocksync_dagster.settings import Settings
+from stocksync_dagster.warehouse import Warehouse
 
 
 def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[str]) -> None:
     from stocksync_dagster.definitions import defs, trading_days
 
+    if settings.source == "tushare" and not settings.tushare_tokens:
+        raise ConfigError("TUSHARE_TOKEN", "not set", "required for STOCKSYNC_SOURCE=tushare")
     if start > end:
         raise ConfigError("START", f"{start} is after END {end}")
     if start < settings.start_date:
@@ -31,6 +34,7 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[
     in_range = [k for k in keys if start.isoformat() <= k <= end.isoformat()]
     if not in_range:
         raise ConfigError("START/END", f"no trading-day partition between {start} and {end}")
+    Warehouse(settings.database_url).ensure_schema()  # an unreachable database: one clear line
     instance = open_instance()
     click.echo(
         f"backfill {', '.join(assets)}: {in_range[0]}..{in_range[-1]} "

@@ -61,6 +61,8 @@ def check_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> pd.DataF
         latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
         record = latest.get(check_key)
         evaluation = record.evaluation if record else None
+        if not isinstance(evaluation, dg.AssetCheckEvaluation):
+            evaluation = None  # planned but never evaluated (the run died first)
         failed = evaluation is not None and not evaluation.passed
         rows.append(
             {

@@ -1,0 +1,371 @@
+"""Source faults at random: a long range run and a 50-run soak end with the exact market.
+
+About 10% of the calls to the fake servers fail at random (dropped connection, hang, half a
+reply then FIN, server error, HTTP 500, rate-limit refusal). After the run, every row in the
+warehouse equals the market and every missing one is an open `sync_failure` row; the project's
+repair and gap sensors (evaluated here as the daemon would, their requests run as they would
+be launched) then heal it to the exact market, with no failure left open.
+"""
+
+import contextlib
+import datetime as dt
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from stocksync_dagster import calendar
+from stocksync_dagster.assets.market import build_market_assets
+from stocksync_dagster.jobs import build_jobs
+from stocksync_dagster.partitions import PARTITION_TIMEZONE, WEEKENDS, trading_day_partitions
+from stocksync_dagster.resources import (
+    BaostockSourceResource,
+    TushareSourceResource,
+    WarehouseResource,
+)
+from stocksync_dagster.sensors.gaps import build_gap_sensor
+from stocksync_dagster.sensors.repair import build_repair_sensor
+from stocksync_dagster.sources.base import MarketSource
+from stocksync_dagster.sources.demo_market import DemoMarket
+from stocksync_dagster.sources.tushare import TushareSource
+from stocksync_dagster.warehouse import Warehouse
+from stocksync_dagster.warehouse.schema import WHOLE_DAY
+from tests.fakes import baostock_server, tushare_server
+from tests.fakes.baostock_server import FakeBaostockServer
+from tests.fakes.tushare_server import FakeTushareServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+ORIGIN = dt.date(2025, 1, 2)
+AS_OF = dt.date(2025, 7, 31)
+TOKENS = ("tok-faults-a1b2c3d4e5", "tok-faults-f6a7b8c9d0")
+FAULT_RATE = 0.10
+MAX_ATTEMPTS = 2  # per call, inside the source
+STEP_RETRIES = 2  # per step, Dagster's RetryPolicy
+ASSETS = build_market_assets(
+    trading_day_partitions(ORIGIN),
+    retry_policy=dg.RetryPolicy(
+        max_retries=STEP_RETRIES, delay=0.1, backoff=dg.Backoff.EXPONENTIAL
+    ),
+)
+TABLES = {"daily_bars": "daily_bar", "adj_factor": "adj_factor"}
+
+
+@dataclass
+class RandomBaostockFault(baostock_server.Fault):
+    """Each data call fails with this kind with probability `rate`."""
+
+    rate: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+    hits: int = 0
+
+    def matches(self, method: str, code: str | None, page: int) -> bool:
+        if method in ("login", "logout") or not super().matches(method, code, page):
+            return False
+        hit = self.rng.random() < self.rate
+        self.hits += hit
+        return hit
+
+
+@dataclass
+class RandomTushareFault(tushare_server.Fault):
+    rate: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+    hits: int = 0
+
+    def matches(self, api: str, params: Any) -> bool:
+        hit = super().matches(api, params) and self.rng.random() < self.rate
+        self.hits += hit
+        return hit
+
+
+class FlakyTushareServer(FakeTushareServer):
+    """Also refuses a share of calls for rate, with the real message."""
+
+    rate_limited_share = 0.0
+    rate_limited_hits = 0
+    rng = random.Random(0)
+
+    def _admit(self, token: str, api: str, params: Any) -> tuple[str, str | None]:
+        with self._lock:
+            refuse = self.rng.random() < self.rate_limited_share
+            self.rate_limited_hits += refuse
+        if refuse:
+            return "rate_limited", None
+        return super()._admit(token, api, params)
+
+
+@contextlib.contextmanager
+def closing_warehouse(url: str) -> Iterator[sa.Connection]:
+    """A read connection whose engine is disposed afterwards (no pooled sessions left over)."""
+    warehouse = Warehouse(url)
+    try:
+        with warehouse.connect() as connection:
+            yield connection
+    finally:
+        warehouse.dispose()
+
+
+def add_random_faults(server: FakeBaostockServer | FlakyTushareServer, seed: int) -> None:
+    """~FAULT_RATE of the calls fail, spread over the fault kinds each protocol has."""
+    rng = random.Random(seed)
+    with server._lock:
+        server._faults.clear()
+        if isinstance(server, FakeBaostockServer):
+            kinds = {"drop": 0.035, "error": 0.035, "hang": 0.015, "fin": 0.015}
+            for kind, rate in kinds.items():
+                server._faults.append(RandomBaostockFault(kind, times=None, rate=rate, rng=rng))
+        else:
+            server.rng, server.rate_limited_share, server.rate_limited_hits = rng, 0.02, 0
+            kinds = {"drop": 0.025, "http500": 0.03, "hang": 0.01, "error": 0.015}
+            for kind, rate in kinds.items():
+                server._faults.append(RandomTushareFault(kind, times=None, rate=rate, rng=rng))
+
+
+class FastTushareResource(TushareSourceResource):
+    """The tushare resource with a short pause after a rate-limit refusal (test speed)."""
+
+    def open(self) -> MarketSource:
+        return TushareSource(
+            tokens=self.tokens.split(","),
+            api_url=self.api_url,
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+            call_timeout_seconds=self.call_timeout_seconds,
+            rate_limit_pause_seconds=0.1,
+        )
+
+
+@pytest.fixture(scope="module")
+def market() -> DemoMarket:
+    return DemoMarket(40, seed=7, origin=ORIGIN)
+
+
+@pytest.fixture(scope="module")
+def bao(market: DemoMarket) -> Iterator[FakeBaostockServer]:
+    with FakeBaostockServer(market, as_of=AS_OF, hang_seconds=5) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tus(market: DemoMarket) -> Iterator[FlakyTushareServer]:
+    with FlakyTushareServer(market, valid_tokens=TOKENS, as_of=AS_OF, hang_seconds=5) as server:
+        yield server
+
+
+def fault_count(server: FakeBaostockServer | FlakyTushareServer) -> int:
+    """Calls that really failed at random so far."""
+    with server._lock:
+        hits = sum(getattr(f, "hits", 0) for f in server._faults)
+    return hits + getattr(server, "rate_limited_hits", 0)
+
+
+def source_for(server: FakeBaostockServer | FlakyTushareServer) -> dg.ConfigurableResource:
+    if isinstance(server, FakeBaostockServer):
+        return BaostockSourceResource(
+            server=server.address,
+            workers=3,
+            call_timeout_seconds=1.0,
+            max_attempts=MAX_ATTEMPTS,
+            backoff_seconds=0.05,
+        )
+    return FastTushareResource(
+        tokens=",".join(TOKENS),
+        api_url=server.url,
+        call_timeout_seconds=1.0,
+        max_attempts=MAX_ATTEMPTS,
+        backoff_seconds=0.05,
+    )
+
+
+def partitions_between(start: dt.date, end: dt.date) -> dg.DailyPartitionsDefinition:
+    """Trading-day partitions of just [start, end], for the sensors' view of history."""
+    holidays = [dt.datetime(d.year, d.month, d.day) for d in calendar.holidays(start, end)]
+    return dg.DailyPartitionsDefinition(
+        start_date=start.isoformat(),
+        end_date=(end + dt.timedelta(days=1)).isoformat(),
+        timezone=PARTITION_TIMEZONE,
+        fmt="%Y-%m-%d",
+        exclusions=[WEEKENDS, *holidays],
+    )
+
+
+def run(
+    instance: dg.DagsterInstance,
+    source: dg.ConfigurableResource,
+    url: str,
+    tags: dict[str, str],
+    selection: Any = None,
+    run_config: Any = None,
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ASSETS,
+        instance=instance,
+        selection=selection,
+        tags=tags,
+        run_config=run_config or {},
+        resources={"source": source, "warehouse": WarehouseResource(url=url)},
+        raise_on_error=False,
+    )
+
+
+def range_tags(start: dt.date, end: dt.date) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": start.isoformat(),
+        "dagster/asset_partition_range_end": end.isoformat(),
+    }
+
+
+def stored(url: str, table: str) -> pd.DataFrame:
+    with closing_warehouse(url) as connection:
+        frame = pd.read_sql(sa.text(f"SELECT * FROM {table}"), connection)
+    frame["trade_date"] = pd.to_datetime(frame["trade_date"]).dt.date
+    return frame
+
+
+def open_failures(url: str) -> pd.DataFrame:
+    with closing_warehouse(url) as connection:
+        frame = pd.read_sql(
+            sa.text("SELECT * FROM sync_failure WHERE status IN ('pending', 'retrying')"),
+            connection,
+        )
+    frame["trade_date"] = pd.to_datetime(frame["trade_date"]).dt.date
+    return frame
+
+
+def expected(market: DemoMarket, asset: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+    return market.bars(start, end) if asset == "daily_bars" else market.adj_factors(start, end)
+
+
+def gaps(url: str, market: DemoMarket, start: dt.date, end: dt.date) -> dict[str, pd.DataFrame]:
+    """Per asset, the market rows missing from the warehouse; asserts stored rows are right."""
+    missing = {}
+    for asset, table in TABLES.items():
+        want = expected(market, asset, start, end)
+        have = stored(url, table)
+        assert not have.duplicated(["code", "trade_date"]).any()
+        merged = want.merge(have, on=["code", "trade_date"], how="left", suffixes=("", "_db"))
+        value_columns = [c for c in want.columns if c not in ("code", "trade_date")]
+        present = merged[f"{value_columns[0]}_db"].notna()
+        for column in value_columns:  # every stored row is the market's row
+            pd.testing.assert_series_equal(
+                merged.loc[present, f"{column}_db"].astype(float).reset_index(drop=True),
+                merged.loc[present, column].astype(float).reset_index(drop=True),
+                check_names=False,
+            )
+        assert len(have) == int(present.sum()), f"{table} has rows the market does not"
+        missing[asset] = merged.loc[~present, ["code", "trade_date"]]
+    return missing
+
+
+def assert_gaps_are_recorded(url: str, missing: dict[str, pd.DataFrame]) -> None:
+    recorded = open_failures(url)
+    for asset, rows in missing.items():
+        mine = recorded[recorded["asset"] == asset]
+        stocks = set(zip(mine["code"], mine["trade_date"], strict=True))
+        days = set(mine.loc[mine["code"] == WHOLE_DAY, "trade_date"])
+        unrecorded = [
+            (c, d)
+            for c, d in zip(rows["code"], rows["trade_date"], strict=True)
+            if (c, d) not in stocks and d not in days
+        ]
+        assert not unrecorded, f"{asset}: missing without a sync_failure row: {unrecorded[:5]}"
+
+
+def heal(
+    instance: dg.DagsterInstance,
+    source: dg.ConfigurableResource,
+    url: str,
+    market: DemoMarket,
+    start: dt.date,
+    end: dt.date,
+    rounds: int = 8,
+) -> int:
+    """Evaluate the repair and gap sensors and run what they request until nothing is missing."""
+    _, job = build_jobs("test")
+    repair = build_repair_sensor(job)  # type: ignore[arg-type]
+    gap = build_gap_sensor(job, partitions_between(start, end), cooldown_seconds=0)  # type: ignore[arg-type]
+    for done in range(rounds):
+        missing = gaps(url, market, start, end)
+        if all(m.empty for m in missing.values()) and open_failures(url).empty:
+            return done
+        assert_gaps_are_recorded(url, missing)
+        requests = []
+        for sensor in (repair, gap):
+            context = dg.build_sensor_context(
+                instance=instance, resources={"warehouse": WarehouseResource(url=url)}
+            )
+            requests += sensor.evaluate_tick(context).run_requests
+        assert requests, "gaps remain but no sensor asked for a run"
+        for request in requests:
+            run(instance, source, url, request.tags, request.asset_selection, request.run_config)
+    raise AssertionError(f"not healed after {rounds} rounds of repairs")
+
+
+@pytest.mark.parametrize(
+    ("source_name", "warehouse_url"),
+    [("baostock", "sqlite"), pytest.param("tushare", "postgres", marks=pytest.mark.postgres)],
+    indirect=["warehouse_url"],
+)
+def test_long_range_run_with_random_faults_ends_exact_or_recorded_then_healed(
+    source_name: str,
+    warehouse_url: str,
+    market: DemoMarket,
+    bao: FakeBaostockServer,
+    tus: FlakyTushareServer,
+) -> None:
+    start, end = dt.date(2025, 3, 3), dt.date(2025, 5, 30)  # 60 trading days
+    server = bao if source_name == "baostock" else tus
+    add_random_faults(server, seed=len(source_name))
+    # Beyond the random faults, one stock (baostock) or one day (tushare) fails every attempt
+    # of this run, so the recorded-then-repaired path is always taken.
+    if isinstance(server, FakeBaostockServer):
+        victim = sorted(market.bars(start, start)["code"])[3]
+        server.inject("drop", call="query_history_k_data_plus", code=victim, times=MAX_ATTEMPTS)
+    else:
+        server.inject(
+            "http500",
+            api="daily",
+            trade_date=dt.date(2025, 4, 15),
+            times=MAX_ATTEMPTS * (1 + STEP_RETRIES),
+        )
+    source = source_for(server)
+    try:
+        with dg.DagsterInstance.ephemeral() as instance:
+            run(instance, source, warehouse_url, range_tags(start, end))
+            missing = gaps(warehouse_url, market, start, end)
+            assert any(len(m) for m in missing.values())
+            assert_gaps_are_recorded(warehouse_url, missing)
+            assert heal(instance, source, warehouse_url, market, start, end) >= 1
+    finally:
+        faults = fault_count(server)
+        server.clear_faults()
+        tus.rate_limited_share = 0.0
+    assert faults > 0  # the faults really happened
+
+
+def test_soak_fifty_partition_runs_with_random_faults_end_with_the_exact_market(
+    sqlite_url: str, market: DemoMarket, tus: FlakyTushareServer
+) -> None:
+    days = calendar.trading_days(dt.date(2025, 4, 1), dt.date(2025, 7, 31))[:50]
+    assert len(days) == 50
+    add_random_faults(tus, seed=50)
+    source = source_for(tus)
+    calls_before = len(tus.calls)
+    try:
+        with dg.DagsterInstance.ephemeral() as instance:
+            for day in days:
+                run(instance, source, sqlite_url, range_tags(day, day))  # may fail: healed below
+            heal(instance, source, sqlite_url, market, days[0], days[-1])
+    finally:
+        calls, faults = len(tus.calls) - calls_before, fault_count(tus)
+        tus.clear_faults()
+        tus.rate_limited_share = 0.0
+    assert faults >= 0.05 * calls, (faults, calls)  # ~10% of the calls failed
+    assert not any(m.size for m in gaps(sqlite_url, market, days[0], days[-1]).values())
+    assert open_failures(sqlite_url).empty
