@@ -32,7 +32,9 @@ def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequenc
     )
     if error_event is not None:
         error = error_event.step_failure_data.error
-        while error.cause is not None:  # Dagster wraps user errors: report the root cause
+        # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
+        # own errors say what to do; their library causes do not).
+        while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
             error = error.cause
         message = _MODULE_PATH.sub("", error.message)
     else:
