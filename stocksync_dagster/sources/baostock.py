@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from stocksync_dagster.sources.base import (
     MarketSource,
     RejectedRow,
 )
+from stocksync_dagster.sources.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ _NUMERIC = {
 DAYS_FIELDS = "date,code,tradestatus"
 FACTOR_HISTORY_START = "1990-01-01"  # factors are cumulative: read every ex-right day up to end
 STOCK_TYPE = "1"  # query_stock_basic type: 1 stock, 2 index, 3 other, 4 convertible, 5 ETF
+# Parsed rows are turned into a DataFrame every this many rows: tuples of Python floats cost
+# ~5x the memory of the frame's columns, and a year of the whole market is over a million rows.
+COMPACT_ROWS = 200_000
 WHAT_TO_DO = "The stock is recorded as a sync failure; the repair sensor or a rerun fetches it"
 
 
@@ -74,6 +79,7 @@ def _number(text: str, field: str) -> float:
     return value
 
 
+@functools.lru_cache(maxsize=8192)  # a year has ~250 distinct dates: share one object per day
 def _day(text: str, field: str = "date") -> dt.date:
     try:
         return dt.date.fromisoformat(text)
@@ -201,9 +207,14 @@ def _rejected_row(code: str, row: list[str], fields: list[str], reason: str) -> 
     return RejectedRow(code=code, trade_date=day, reason=reason, raw=",".join(map(str, row)))
 
 
-def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(rows, columns=columns)
-    if not rows:
+def _frame(
+    rows: list[tuple], columns: list[str], parts: Sequence[pd.DataFrame] = ()
+) -> pd.DataFrame:
+    """`parts` (compacted earlier) and `rows` as one frame sorted by trade_date, code."""
+    if rows or not parts:
+        parts = [*parts, pd.DataFrame.from_records(rows, columns=columns)]
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    if frame.empty:
         frame = frame.astype({c: "float64" for c in columns if c not in ("code", "trade_date")})
     return frame.sort_values(["trade_date", "code"], kind="stable").reset_index(drop=True)
 
@@ -370,19 +381,25 @@ class BaostockSource(MarketSource):
         """Run one task per stock; parse each outcome as it arrives (overlapping the network)."""
         calls_before = self._pool.calls
         rows: list[tuple] = []
+        parts: list[pd.DataFrame] = []
         result = FetchResult(frame=pd.DataFrame())
+        progress = Progress(logger, f"baostock {what} {start}..{end}", len(tasks))
 
         def on_outcome(outcome: Outcome) -> None:
+            progress.advance()
             if outcome.ok:
                 try:
                     rows.extend(parse(outcome, result.rejected))
+                    if len(rows) >= COMPACT_ROWS:
+                        parts.append(pd.DataFrame.from_records(rows, columns=columns))
+                        rows.clear()
                     return
                 except _Reject as exc:
                     outcome.error_class, outcome.detail = "BadReply", str(exc)
             result.failures.append(self._failure(outcome, start, end))
 
         self._pool.run(tasks, on_outcome)
-        result.frame = _frame(rows, columns)
+        result.frame = _frame(rows, columns, parts)
         result.calls = self._pool.calls - calls_before
         logger.info(
             "baostock %s %s..%s: %d stocks, %d rows, %d calls, %d failed, %d rows rejected",

@@ -40,6 +40,7 @@ from stocksync_dagster.sources.base import (
     RejectedRow,
     empty_frame,
 )
+from stocksync_dagster.sources.progress import Progress
 from stocksync_dagster.sources.tushare_pool import TOKEN_HELP, TokenPool, rate_limit_count
 
 logger = logging.getLogger(__name__)
@@ -222,10 +223,13 @@ class TushareSource(MarketSource):
         calendar = self._calendar(start, end, counter)
         days = list(calendar.loc[calendar["is_open"], "cal_date"])
         executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"tushare-{api}")
+        progress = Progress(logger, f"tushare {api} {start}..{end}", len(days), unit="days")
         try:
             futures = [
                 executor.submit(self._fetch_day, api, fields, normalize, day) for day in days
             ]
+            for future in futures:
+                future.add_done_callback(lambda _: progress.advance())
             results = [future.result() for future in futures]
         finally:
             executor.shutdown(wait=True, cancel_futures=True)

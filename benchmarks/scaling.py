@@ -1,0 +1,72 @@
+"""5. Scaling: history load (daily bars, fetch + validate + write) by stocks and by workers.
+
+`sync_market_range` (what the asset runs, without the Dagster run around it) against one fake
+baostock server with the size's latency; the warehouse table is emptied between cases.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.common import Outcome, PeakRss, Row, in_fresh_process
+from benchmarks.history import baostock_server
+from benchmarks.sizes import Size
+from stocksync_dagster.sources.baostock import BaostockSource
+from stocksync_dagster.sync import DAILY_BARS, sync_market_range
+from stocksync_dagster.warehouse import Warehouse
+
+
+def _alive_codes(source: BaostockSource, size: Size) -> list[str]:
+    basic = source.stock_basic()
+    alive = (basic["list_date"] <= size.end) & basic["delist_date"].map(
+        lambda d: d is None or d != d or d >= size.start
+    )
+    return sorted(basic.loc[alive, "code"])
+
+
+def _case(address: str, pid: int, url: str, size: Size, stocks: int, workers: int) -> Row:
+    """One load in this process (run it in a fresh one: `in_fresh_process`)."""
+    warehouse = Warehouse(url)
+    with warehouse.begin() as connection:
+        connection.execute(DAILY_BARS.table.delete())
+    source = BaostockSource(server=address, workers=workers)
+    try:
+        codes = _alive_codes(source, size)[:stocks]
+        with PeakRss(exclude={pid}) as rss:
+            began = time.perf_counter()
+            report = sync_market_range(DAILY_BARS, source, warehouse, size.start, size.end, codes)
+            seconds = time.perf_counter() - began
+    finally:
+        source.close()
+        warehouse.dispose()
+    return Row(
+        "scaling",
+        f"{len(codes)} stocks, {workers} workers",
+        seconds,
+        calls=report.calls,
+        rows=len(report.frame),
+        stocks=len(codes),
+        rss_mb=rss.mb,
+        note=f"{report.calls * size.latency_ms / 1000 / workers:.1f} s of pure latency",
+        extra={"fetch_seconds": report.fetch_seconds, "write_seconds": report.write_seconds},
+    )
+
+
+def run(size: Size, url: str) -> Outcome:
+    out = Outcome(
+        params={
+            "stocks": list(size.scaling_stocks),
+            "workers": list(size.scaling_workers),
+            "workers_sweep_stocks": size.scaling_workers_stocks,
+            "latency_ms": size.latency_ms,
+        }
+    )
+    default_workers = BaostockSource.__init__.__defaults__[1]  # type: ignore[index]
+    with baostock_server(size, max(size.scaling_stocks)) as (address, pid):
+        for stocks in size.scaling_stocks:
+            row = in_fresh_process(_case, address, pid, url, size, stocks, default_workers)
+            out.rows.append(row)
+        for workers in size.scaling_workers:
+            stocks = size.scaling_workers_stocks
+            out.rows.append(in_fresh_process(_case, address, pid, url, size, stocks, workers))
+    return out

@@ -1,0 +1,115 @@
+"""2. Tushare: a year of `daily` and `adj_factor` through the loopback HTTP fake, rate-limited.
+
+A year is ~244 calls per API: at 500 calls/min/token it fits inside one window, so the limit
+would never bind. The fake therefore enforces the same RATE on a shorter window (default
+50 calls per 6 s per token per API = 500/min) so the year spans several windows, and the
+client is configured with the same limit. The bound is the fastest any client could finish
+under a sliding-window limit: (ceil(calls / (tokens x cap)) - 1) windows per API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from benchmarks.common import Outcome, Row, Target, free_port, server_process
+from benchmarks.sizes import Size
+from stocksync_dagster import calendar
+from stocksync_dagster.sources.tushare import TushareSource
+
+TARGET_SHARE = 0.90
+
+
+class _RefusalCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.refusals = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "rate-limited" in record.getMessage():
+            self.refusals += 1
+
+
+def bound_seconds(calls: int, tokens: int, cap: int, window: float) -> float:
+    """Least time for `calls` under `cap` calls per `window` per token (bursts allowed)."""
+    return max(math.ceil(calls / (tokens * cap)) - 1, 0) * window
+
+
+def _fetch(url: str, size: Size, tokens: int) -> list[Row]:
+    source = TushareSource(
+        [f"bench-token-{i}" for i in range(tokens)],
+        api_url=url,
+        calls_per_minute=size.tushare_cap,
+        rate_window_seconds=size.tushare_window,
+    )
+    rows = []
+    source.trade_calendar(size.start, size.end)  # cached; its own API and limit
+    for api, fetch in (("daily", source.daily_bars), ("adj_factor", source.adj_factors)):
+        began = time.perf_counter()
+        result = fetch(size.start, size.end)
+        seconds = time.perf_counter() - began
+        if result.failures:
+            raise RuntimeError(f"tushare {api}: {result.failures[0].message}")
+        bound = bound_seconds(result.calls, tokens, size.tushare_cap, size.tushare_window)
+        rows.append(
+            Row(
+                "tushare",
+                f"{api}, {tokens} token(s)",
+                seconds,
+                calls=result.calls,
+                rows=len(result.frame),
+                stocks=int(result.frame["code"].nunique()),
+                note=f"bound {bound:.1f} s = {bound / seconds:.0%} of the rate-limit bound",
+                extra={"bound_seconds": bound, "share_of_bound": bound / seconds},
+            )
+        )
+    return rows
+
+
+def run(size: Size) -> Outcome:
+    days = calendar.trading_days(size.start, size.end)
+    per_minute = size.tushare_cap * 60 / size.tushare_window
+    out = Outcome(
+        params={
+            "stocks": size.tushare_stocks,
+            "days": len(days),
+            "cap_per_window": size.tushare_cap,
+            "window_seconds": size.tushare_window,
+            "calls_per_minute_per_token": per_minute,
+            "latency_ms": size.latency_ms,
+        }
+    )
+    port = free_port()
+    args = [
+        "--port", str(port),
+        "--stocks", str(size.tushare_stocks),
+        "--origin", size.start.isoformat(),
+        "--as-of", size.end.isoformat(),
+        "--latency-ms", f"{size.latency_ms:g}",
+        "--rate-limit", str(size.tushare_cap),
+        "--window", f"{size.tushare_window:g}",
+    ]  # fmt: skip
+    counter = _RefusalCounter()
+    logging.getLogger("stocksync_dagster.sources.tushare").addHandler(counter)
+    try:
+        with server_process("benchmarks.serve_tushare", args, "fake tushare at"):
+            url = f"http://127.0.0.1:{port}/dataapi"
+            for tokens in size.tushare_tokens:
+                out.rows += _fetch(url, size, tokens)
+    finally:
+        logging.getLogger("stocksync_dagster.sources.tushare").removeHandler(counter)
+    for row in out.rows:
+        row.extra["rate_limit_refusals_total"] = counter.refusals
+    for row in out.rows:
+        share = row.extra["share_of_bound"]
+        out.targets.append(
+            Target(
+                "tushare",
+                f"{row.case}: >= {TARGET_SHARE:.0%} of the rate-limit bound "
+                f"({per_minute:.0f} calls/min/token)",
+                f"{share:.0%}",
+                share >= TARGET_SHARE,
+            )
+        )
+    return out
