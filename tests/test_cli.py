@@ -13,9 +13,13 @@ STOCKSYNC = [sys.executable, "-m", "stocksync_dagster.cli.main"]
 DAGSTER = [str(Path(sys.executable).with_name("dagster"))]
 
 
-def run(args: list[str], cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, timeout: float = 180, **env: str
+) -> subprocess.CompletedProcess:
     environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("STOCKSYNC_", "TUSHARE", "BAOSTOCK"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("STOCKSYNC_", "TUSHARE", "BAOSTOCK"))
     }
     environment.pop("DAGSTER_HOME", None)
     environment.update(env)
@@ -36,7 +40,9 @@ def test_demo_from_a_clean_directory(tmp_path: Path) -> None:
     assert "daily_bar" in result.stdout and "done in" in result.stdout
     database = tmp_path / ".stocksync" / "warehouse.db"
     assert rows(database, "SELECT count(DISTINCT trade_date) FROM daily_bar") == 5
-    assert rows(database, "SELECT count(*) FROM adj_factor") == rows(database, "SELECT count(*) FROM daily_bar")
+    assert rows(database, "SELECT count(*) FROM adj_factor") == rows(
+        database, "SELECT count(*) FROM daily_bar"
+    )
     assert rows(database, "SELECT count(*) FROM stock_basic") > 250
     assert (tmp_path / ".stocksync" / "dagster").is_dir()  # the persistent Dagster instance
     status = run([*STOCKSYNC, "status"], cwd=tmp_path)
@@ -52,7 +58,9 @@ def test_demo_from_a_clean_directory(tmp_path: Path) -> None:
         ("STOCKSYNC_DATABASE_URL", "oracle://scott:tiger-secret@db/x"),
     ],
 )
-def test_bad_configuration_is_one_line_naming_the_setting(tmp_path: Path, variable: str, value: str) -> None:
+def test_bad_configuration_is_one_line_naming_the_setting(
+    tmp_path: Path, variable: str, value: str
+) -> None:
     result = run([*STOCKSYNC, "status"], cwd=tmp_path, **{variable: value})
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {variable}: ")
@@ -62,7 +70,9 @@ def test_bad_configuration_is_one_line_naming_the_setting(tmp_path: Path, variab
 
 def test_doctor_reports_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
     result = run(
-        [*STOCKSYNC, "doctor"], cwd=tmp_path, STOCKSYNC_SOURCE="demo",
+        [*STOCKSYNC, "doctor"],
+        cwd=tmp_path,
+        STOCKSYNC_SOURCE="demo",
         STOCKSYNC_DATABASE_URL="postgresql+psycopg://user:hunter2@127.0.0.1:1/nowhere",
     )
     assert result.returncode == 1
@@ -81,8 +91,17 @@ def test_dagster_validates_the_workspace() -> None:
 def test_dagster_cli_materializes_a_partition_range(tmp_path: Path) -> None:
     database = tmp_path / "warehouse.db"
     result = run(
-        [*DAGSTER, "asset", "materialize", "-m", "stocksync_dagster.definitions",
-         "--select", "daily_bars", "--partition-range", "2025-08-04...2025-08-08"],
+        [
+            *DAGSTER,
+            "asset",
+            "materialize",
+            "-m",
+            "stocksync_dagster.definitions",
+            "--select",
+            "daily_bars",
+            "--partition-range",
+            "2025-08-04...2025-08-08",
+        ],
         cwd=tmp_path,
         DAGSTER_HOME=str(tmp_path),
         STOCKSYNC_SOURCE="demo",

@@ -41,7 +41,6 @@ BROKER_HOST = "127.0.0.1:5672"
 STOCKS = 1500  # demo market size: big enough that a source step lasts a few seconds
 
 
-
 def _unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true but {reason}")
@@ -104,10 +103,26 @@ class Cluster:
     def start_worker(self, name: str, queue: str) -> None:
         log = (self.home / f"{name}.log").open("w")
         self.workers[name] = subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-             "-y", str(ROOT / "deploy" / "celery" / "worker.yaml"), "-q", queue, "-n", name,
-             "--", "--concurrency", "1"],
-            cwd=self.home, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "dagster-celery"),
+                "worker",
+                "start",
+                "-A",
+                "dagster_celery.app",
+                "-y",
+                str(ROOT / "deploy" / "celery" / "worker.yaml"),
+                "-q",
+                queue,
+                "-n",
+                name,
+                "--",
+                "--concurrency",
+                "1",
+            ],
+            cwd=self.home,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the whole worker can be killed
         )
 
@@ -134,10 +149,23 @@ class Cluster:
         config = self.home / "run_config.yaml"
         config.write_text(yaml.safe_dump({"resources": {"source": {"config": {"stocks": STOCKS}}}}))
         return subprocess.Popen(
-            [str(BIN / "dagster"), "asset", "materialize", "-m", "stocksync_dagster.definitions",
-             "--select", ",".join(MARKET_ASSETS), "--partition-range", f"{start}...{end}",
-             "-c", str(config)],
-            cwd=self.home, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "stocksync_dagster.definitions",
+                "--select",
+                ",".join(MARKET_ASSETS),
+                "--partition-range",
+                f"{start}...{end}",
+                "-c",
+                str(config),
+            ],
+            cwd=self.home,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
 
@@ -205,9 +233,11 @@ def _assert_complete(cluster: Cluster, start: str, end: str) -> dg.DagsterRun:
     assert len(runs) == 1
     run = runs[0]
     assert run.status == dg.DagsterRunStatus.SUCCESS
-    expected = DemoSource(n_stocks=STOCKS).daily_bars(
-        dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    ).frame
+    expected = (
+        DemoSource(n_stocks=STOCKS)
+        .daily_bars(dt.date.fromisoformat(start), dt.date.fromisoformat(end))
+        .frame
+    )
     engine = sa.create_engine(cluster.warehouse_url)
     between = f"trade_date BETWEEN '{start}' AND '{end}'"
     with engine.connect() as connection:

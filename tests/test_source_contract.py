@@ -64,7 +64,9 @@ def tushare_server(market: DemoMarket) -> Iterator[FakeTushareServer]:
 
 
 @pytest.fixture(autouse=True)
-def no_faults(baostock_server: FakeBaostockServer, tushare_server: FakeTushareServer) -> Iterator[None]:
+def no_faults(
+    baostock_server: FakeBaostockServer, tushare_server: FakeTushareServer
+) -> Iterator[None]:
     baostock_server.clear_faults()
     tushare_server.clear_faults()
     yield
@@ -74,14 +76,20 @@ def no_faults(baostock_server: FakeBaostockServer, tushare_server: FakeTushareSe
 
 def baostock_resource(server: FakeBaostockServer) -> BaostockSourceResource:
     return BaostockSourceResource(
-        server=server.address, workers=3, call_timeout_seconds=2.0, max_attempts=2,
+        server=server.address,
+        workers=3,
+        call_timeout_seconds=2.0,
+        max_attempts=2,
         backoff_seconds=0.05,
     )
 
 
 def tushare_resource(server: FakeTushareServer) -> TushareSourceResource:
     return TushareSourceResource(
-        tokens=TOKEN, api_url=server.url, call_timeout_seconds=2.0, max_attempts=2,
+        tokens=TOKEN,
+        api_url=server.url,
+        call_timeout_seconds=2.0,
+        max_attempts=2,
         backoff_seconds=0.05,
     )
 
@@ -103,14 +111,19 @@ def expected(frame: pd.DataFrame) -> pd.DataFrame:
 def materialize(resource: dg.ConfigurableResource, url: str, **kwargs) -> dg.ExecuteInProcessResult:
     resources = {"source": resource, "warehouse": WarehouseResource(url=url)}
     return dg.materialize(
-        MARKET_ASSETS, resources=resources, tags=kwargs.pop("tags", range_tags()),
-        raise_on_error=False, **kwargs,
+        MARKET_ASSETS,
+        resources=resources,
+        tags=kwargs.pop("tags", range_tags()),
+        raise_on_error=False,
+        **kwargs,
     )
 
 
 def failures(url: str) -> pd.DataFrame:
     with Warehouse(url).connect() as connection:
-        return pd.read_sql(sa.text("SELECT * FROM sync_failure ORDER BY trade_date, code"), connection)
+        return pd.read_sql(
+            sa.text("SELECT * FROM sync_failure ORDER BY trade_date, code"), connection
+        )
 
 
 def test_both_sources_write_the_same_rows_as_the_market(
@@ -121,8 +134,12 @@ def test_both_sources_write_the_same_rows_as_the_market(
     tushare_url = f"sqlite:///{tmp_path / 'tushare.db'}"
     assert materialize(tushare_resource(tushare_server), tushare_url).success
     by_tushare = {t: read(tushare_url, t) for t in ("daily_bar", "adj_factor")}
-    pd.testing.assert_frame_equal(by_baostock["daily_bar"], by_tushare["daily_bar"], check_dtype=False)
-    pd.testing.assert_frame_equal(by_baostock["adj_factor"], by_tushare["adj_factor"], check_dtype=False)
+    pd.testing.assert_frame_equal(
+        by_baostock["daily_bar"], by_tushare["daily_bar"], check_dtype=False
+    )
+    pd.testing.assert_frame_equal(
+        by_baostock["adj_factor"], by_tushare["adj_factor"], check_dtype=False
+    )
     pd.testing.assert_frame_equal(
         by_baostock["daily_bar"], expected(market.bars(START, END)), check_dtype=False
     )
@@ -148,7 +165,9 @@ def test_a_stock_that_keeps_failing_is_recorded_then_repaired(
     baostock_server.clear_faults()
     config = dg.RunConfig(ops={"daily_bars": {"config": {"codes": [victim]}}})
     repair = materialize(
-        baostock_resource(baostock_server), sqlite_url, run_config=config,
+        baostock_resource(baostock_server),
+        sqlite_url,
+        run_config=config,
         selection=["daily_bars"],
     )
     assert repair.success
@@ -171,7 +190,9 @@ def test_a_day_that_keeps_failing_fails_the_step_after_writing_the_rest(
 
     tushare_server.clear_faults()
     again = materialize(
-        tushare_resource(tushare_server), sqlite_url, selection=["daily_bars"],
+        tushare_resource(tushare_server),
+        sqlite_url,
+        selection=["daily_bars"],
         tags=range_tags(bad_day, bad_day),
     )
     assert again.success
@@ -185,15 +206,25 @@ def _cli_materialize(tmp_path: Path, env: dict[str, str]) -> sqlite3.Connection:
     database = tmp_path / "cli.db"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
     environment.update(
-        DAGSTER_HOME=str(tmp_path), STOCKSYNC_DATABASE_URL=f"sqlite:///{database}",
-        STOCKSYNC_START_DATE=ORIGIN.isoformat(), **env,
+        DAGSTER_HOME=str(tmp_path),
+        STOCKSYNC_DATABASE_URL=f"sqlite:///{database}",
+        STOCKSYNC_START_DATE=ORIGIN.isoformat(),
+        **env,
     )
     command = [
-        str(Path(sys.executable).with_name("dagster")), "asset", "materialize",
-        "-m", "stocksync_dagster.definitions", "--select", "daily_bars,adj_factor",
-        "--partition-range", f"{START}...{END}",
+        str(Path(sys.executable).with_name("dagster")),
+        "asset",
+        "materialize",
+        "-m",
+        "stocksync_dagster.definitions",
+        "--select",
+        "daily_bars,adj_factor",
+        "--partition-range",
+        f"{START}...{END}",
     ]
-    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=110)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=110
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return sqlite3.connect(database)
 
@@ -209,7 +240,11 @@ def test_dagster_cli_with_baostock(tmp_path: Path, market: DemoMarket, baostock_
 def test_dagster_cli_with_tushare(tmp_path: Path, market: DemoMarket, tushare_server) -> None:
     connection = _cli_materialize(
         tmp_path,
-        {"STOCKSYNC_SOURCE": "tushare", "TUSHARE_TOKEN": TOKEN, "TUSHARE_API_URL": tushare_server.url},
+        {
+            "STOCKSYNC_SOURCE": "tushare",
+            "TUSHARE_TOKEN": TOKEN,
+            "TUSHARE_API_URL": tushare_server.url,
+        },
     )
     count = connection.execute("SELECT count(*) FROM adj_factor").fetchone()[0]
     assert count == len(market.adj_factors(START, END))
