@@ -25,7 +25,7 @@ from benchmarks.common import (
 )
 from benchmarks.dagster_defs import build_defs, materialization_metadata, temp_instance
 from benchmarks.sizes import Size
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.cli.runs import first_failure, materialize_range, materialize_unpartitioned
 from stocksync_dagster.resources import BaostockSourceResource
 
@@ -121,7 +121,7 @@ def range_run(
 
 
 def run(size: Size, url: str) -> Outcome:
-    days = calendar.trading_days(size.start, size.end)
+    days = trading_calendar.trading_days(size.start, size.end)
     out = Outcome(params={"stocks": size.stocks, "days": len(days), "latency_ms": size.latency_ms})
     with baostock_server(size, size.stocks) as (address, pid):
         sample_seconds, _ = old_way(address, size, days)

@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import Outcome, Row, Target, free_port, server_process
 from benchmarks.sizes import Size
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.sources.tushare import TushareSource
 
 TARGET_SHARE = 0.90
@@ -68,7 +68,7 @@ def _fetch(url: str, size: Size, tokens: int) -> list[Row]:
 
 
 def run(size: Size) -> Outcome:
-    days = calendar.trading_days(size.start, size.end)
+    days = trading_calendar.trading_days(size.start, size.end)
     per_minute = size.tushare_cap * 60 / size.tushare_window
     out = Outcome(
         params={

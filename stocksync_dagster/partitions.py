@@ -3,7 +3,7 @@
 Dagster's daily partitions run in the `Etc/GMT-14` (UTC+14) time zone on purpose: midnight
 there is 18:00 of the previous day in Shanghai, so key D's window is [D-1 18:00, D 18:00)
 Shanghai time and key D appears on D's evening, after the close, never earlier. Weekends are
-excluded by a cron exclusion and holidays by date, from the maintained exchange calendar.
+excluded by a cron exclusion and holidays by date, from the maintained exchange trading_calendar.
 No key is ever in the future, including during holidays. The UI shows windows in that zone.
 """
 
@@ -13,7 +13,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 
 PARTITION_TIMEZONE = "Etc/GMT-14"  # UTC+14: its midnight is 18:00 in Asia/Shanghai
 WEEKENDS = "0 0 * * 6,0"
@@ -21,9 +21,12 @@ WEEKENDS = "0 0 * * 6,0"
 
 def trading_day_partitions(start_date: dt.date) -> dg.DailyPartitionsDefinition:
     """Partitions for every trading day from `start_date` to the last settled one."""
-    horizon = max(calendar.calendar_last_known_day(), dt.date.today()) + dt.timedelta(days=1)
+    horizon = max(trading_calendar.calendar_last_known_day(), dt.date.today()) + dt.timedelta(
+        days=1
+    )
     excluded_holidays = [
-        dt.datetime(day.year, day.month, day.day) for day in calendar.holidays(start_date, horizon)
+        dt.datetime(day.year, day.month, day.day)
+        for day in trading_calendar.holidays(start_date, horizon)
     ]
     return dg.DailyPartitionsDefinition(
         start_date=start_date.isoformat(),

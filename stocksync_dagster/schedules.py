@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.jobs import (
     MARKET_ASSETS,
     TRIGGER_TAG,
@@ -61,8 +61,8 @@ def build_schedules(
         Skips holidays and days already materialized. Re-fetches the previous
         STOCKSYNC_LOOKBACK_DAYS trading days too, so late adjustment factors heal.
         """
-        day = context.scheduled_execution_time.astimezone(calendar.SHANGHAI).date()
-        if not calendar.is_trading_day(day):
+        day = context.scheduled_execution_time.astimezone(trading_calendar.SHANGHAI).date()
+        if not trading_calendar.is_trading_day(day):
             return dg.SkipReason(f"{day} ({day:%A}) is not a trading day")
         if day < settings.start_date:
             return dg.SkipReason(f"{day} is before STOCKSYNC_START_DATE {settings.start_date}")
@@ -77,8 +77,8 @@ def build_schedules(
     )
     def morning_catch_up_schedule(context: dg.ScheduleEvaluationContext):
         """Each morning: sync the last closed trading day if it is missing or failed."""
-        now = context.scheduled_execution_time.astimezone(calendar.SHANGHAI)
-        day = calendar.last_settled_trading_day(now)
+        now = context.scheduled_execution_time.astimezone(trading_calendar.SHANGHAI)
+        day = trading_calendar.last_settled_trading_day(now)
         if day < settings.start_date:
             return dg.SkipReason(f"{day} is before STOCKSYNC_START_DATE {settings.start_date}")
         run_key = f"catch-up:{day}:{now.date()}"

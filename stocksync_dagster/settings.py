@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from stocksync_dagster.calendar import CALENDAR_FIRST_DAY, parse_day
 from stocksync_dagster.errors import ConfigError
+from stocksync_dagster.trading_calendar import CALENDAR_FIRST_DAY, parse_day
 
 SOURCES = ("baostock", "tushare", "demo")
 DEFAULT_SOURCE = "baostock"

@@ -140,7 +140,8 @@ def sync_market_range(
 
 
 def _raise_if_too_many_failures(report: SyncReport, max_failed_share: float) -> None:
-    universe = report.frame["code"].nunique() + len(report.failed_codes - set(report.frame["code"]))
+    fetched_codes = report.frame["code"].unique()
+    universe = len(fetched_codes) + len(report.failed_codes.difference(fetched_codes))
     share = len(report.failed_codes) / universe if universe else 0.0
     if report.failed_days or share > max_failed_share:
         days = ", ".join(str(d) for d in sorted(report.failed_days)[:10])

@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.assets.market import build_market_assets
 from stocksync_dagster.assets.reference import build_reference_assets
 from stocksync_dagster.jobs import build_jobs, range_tags
@@ -69,5 +69,5 @@ def materialize_range(
 
 def recent_trading_days(n: int) -> list[dt.date]:
     """The last `n` settled trading days, ascending."""
-    last = calendar.last_settled_trading_day()
-    return calendar.trading_days(last - dt.timedelta(days=3 * n + 10), last)[-n:]
+    last = trading_calendar.last_settled_trading_day()
+    return trading_calendar.trading_days(last - dt.timedelta(days=3 * n + 10), last)[-n:]

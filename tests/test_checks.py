@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.assets.market import build_market_assets
 from stocksync_dagster.assets.reference import build_reference_assets
 from stocksync_dagster.checks import build_asset_checks
@@ -37,7 +37,7 @@ ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 DAY = dt.date(2025, 8, 12)
 RUN = Scope(DEMO_START, DEMO_END)
 CALENDAR_START = dt.date(2025, 6, 2)
-KEYS = [d.isoformat() for d in calendar.trading_days(DEMO_START, DEMO_END)]
+KEYS = [d.isoformat() for d in trading_calendar.trading_days(DEMO_START, DEMO_END)]
 bar, factor = schema.daily_bar.c, schema.adj_factor.c
 
 
@@ -81,7 +81,7 @@ def meta(result: dg.AssetCheckResult, key: str) -> object:
 
 
 def shanghai(day: dt.date, hour: int) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(hour), tzinfo=calendar.SHANGHAI)
+    return dt.datetime.combine(day, dt.time(hour), tzinfo=trading_calendar.SHANGHAI)
 
 
 def test_every_check_passes_on_a_clean_demo_load(loaded: Warehouse) -> None:
@@ -264,7 +264,7 @@ def test_ex_right_day_whose_factor_lags_warns(loaded: Warehouse) -> None:
 
 def test_bar_before_list_date_fails(loaded: Warehouse) -> None:
     ipo = event("ipo")
-    before = calendar.previous_trading_day(ipo.day)
+    before = trading_calendar.previous_trading_day(ipo.day)
     run(
         loaded,
         sa.insert(schema.daily_bar).values(
@@ -343,8 +343,8 @@ def test_freshness_by_deadline(loaded: Warehouse) -> None:
 
 def test_checks_run_with_the_assets_and_heal_after_a_rerun(warehouse_url: str) -> None:
     """The Done scenario: demo range green; a deleted day turns the check red; a rerun heals it."""
-    end = calendar.last_settled_trading_day()
-    days = calendar.trading_days(end - dt.timedelta(days=10), end)
+    end = trading_calendar.last_settled_trading_day()
+    days = trading_calendar.trading_days(end - dt.timedelta(days=10), end)
     partitions = trading_day_partitions(days[0])
     defs = dg.Definitions(
         assets=[*build_reference_assets(days[0]), *build_market_assets(partitions)],

@@ -6,7 +6,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.codes import is_valid_code, price_limit_pct
 from stocksync_dagster.sources.base import ADJ_FACTOR_COLUMNS, BAR_COLUMNS, STOCK_BASIC_COLUMNS
 from stocksync_dagster.sources.demo import DemoSource
@@ -32,7 +32,7 @@ def test_frames_have_the_normalised_columns_and_units() -> None:
     assert list(source.adj_factors(DEMO_START, DEMO_END).frame.columns) == ADJ_FACTOR_COLUMNS
     assert list(source.stock_basic().columns) == STOCK_BASIC_COLUMNS
     assert bars["code"].map(is_valid_code).all()
-    assert set(bars["trade_date"]) == set(calendar.trading_days(DEMO_START, DEMO_END))
+    assert set(bars["trade_date"]) == set(trading_calendar.trading_days(DEMO_START, DEMO_END))
     assert (bars["volume"] % 100 == 0).all()  # shares, in board lots
     mean_price = bars[["open", "high", "low", "close"]].mean(axis=1)
     ratio = bars["amount"] / (bars["volume"] * mean_price)
@@ -58,7 +58,7 @@ def test_suspended_and_delisted_stocks_have_no_rows() -> None:
             assert (event.code, event.day) not in present
         if event.kind == "ipo":
             assert (event.code, event.day) in present
-            before = calendar.previous_trading_day(event.day)
+            before = trading_calendar.previous_trading_day(event.day)
             assert not ((bars["code"] == event.code) & (bars["trade_date"] <= before)).any()
 
 

@@ -4,10 +4,10 @@ import datetime as dt
 
 import pytest
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.partitions import trading_day_partitions
 
-SH = calendar.SHANGHAI
+SH = trading_calendar.SHANGHAI
 PARTITIONS = trading_day_partitions(dt.date(2025, 9, 1))
 
 
@@ -31,7 +31,7 @@ def test_no_weekends_or_holidays() -> None:
         "2026-10-07",
     ]:
         assert holiday not in keys
-    assert days == calendar.trading_days(dt.date(2025, 9, 1), dt.date(2026, 11, 20))
+    assert days == trading_calendar.trading_days(dt.date(2025, 9, 1), dt.date(2026, 11, 20))
 
 
 def test_friday_key_is_available_friday_evening_not_before() -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.assets.market import build_market_assets
 from stocksync_dagster.jobs import build_jobs
 from stocksync_dagster.partitions import PARTITION_TIMEZONE, WEEKENDS, trading_day_partitions
@@ -185,7 +185,7 @@ def source_for(server: FakeBaostockServer | FlakyTushareServer) -> dg.Configurab
 
 def partitions_between(start: dt.date, end: dt.date) -> dg.DailyPartitionsDefinition:
     """Trading-day partitions of just [start, end], for the sensors' view of history."""
-    holidays = [dt.datetime(d.year, d.month, d.day) for d in calendar.holidays(start, end)]
+    holidays = [dt.datetime(d.year, d.month, d.day) for d in trading_calendar.holidays(start, end)]
     return dg.DailyPartitionsDefinition(
         start_date=start.isoformat(),
         end_date=(end + dt.timedelta(days=1)).isoformat(),
@@ -352,7 +352,7 @@ def test_long_range_run_with_random_faults_ends_exact_or_recorded_then_healed(
 def test_soak_fifty_partition_runs_with_random_faults_end_with_the_exact_market(
     sqlite_url: str, market: DemoMarket, tus: FlakyTushareServer
 ) -> None:
-    days = calendar.trading_days(dt.date(2025, 4, 1), dt.date(2025, 7, 31))[:50]
+    days = trading_calendar.trading_days(dt.date(2025, 4, 1), dt.date(2025, 7, 31))[:50]
     assert len(days) == 50
     add_random_faults(tus, seed=50)
     source = source_for(tus)

@@ -13,7 +13,7 @@ import pandas.testing as pdt
 import pytest
 import tushare
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.errors import SourceError, SourceUnavailableError
 from stocksync_dagster.sources import tushare_normalize as norm
 from stocksync_dagster.sources.base import BAR_COLUMNS
@@ -72,7 +72,7 @@ def without_day(frame: pd.DataFrame, day: dt.date) -> pd.DataFrame:
 
 
 def open_days(start: dt.date, end: dt.date) -> int:
-    return len(calendar.trading_days(start, end))
+    return len(trading_calendar.trading_days(start, end))
 
 
 def assert_no_token(text: str) -> None:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.assets.metadata import sync_metadata
 from stocksync_dagster.assets.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
 from stocksync_dagster.partitions import keys_to_dates
@@ -35,7 +35,7 @@ def _sync(
     days = keys_to_dates(context.partition_keys)
     start, end = days[0], days[-1]
     for _ in range(config.lookback_days):
-        start = calendar.previous_trading_day(start)
+        start = trading_calendar.previous_trading_day(start)
     scope = f"{len(config.codes)} stocks" if config.codes else "the whole market"
     context.log.info(
         f"{dataset.asset}: fetching {start}..{end} ({len(days)} partitions) for {scope}"

@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.assets.metadata import preview, upsert_metadata
 from stocksync_dagster.assets.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
@@ -31,7 +31,7 @@ def build_reference_assets(start_date: dt.date) -> list[dg.AssetsDefinition]:
 
         Table `trade_calendar(cal_date, is_open)`.
         """
-        end = dt.date(calendar.shanghai_now().year, 12, 31)
+        end = dt.date(trading_calendar.shanghai_now().year, 12, 31)
         with source.open() as src:
             frame = src.trade_calendar(start_date, end)
         stats = sync_reference_table(schema.trade_calendar, frame, warehouse.get())

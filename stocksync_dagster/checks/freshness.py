@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import sqlalchemy as sa
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.checks.report import capped, rerun_hint, result
 from stocksync_dagster.resources import WarehouseResource
 from stocksync_dagster.warehouse import Warehouse, health
@@ -22,9 +22,9 @@ class FreshnessConfig(dg.Config):
 
 def expected_day(now: dt.datetime, deadline: dt.time) -> dt.date:
     """The latest trading day whose deadline has passed at `now`."""
-    now = now.astimezone(calendar.SHANGHAI)
+    now = now.astimezone(trading_calendar.SHANGHAI)
     day = now.date() if now.time() >= deadline else now.date() - dt.timedelta(days=1)
-    while not calendar.is_trading_day(day):
+    while not trading_calendar.is_trading_day(day):
         day -= dt.timedelta(days=1)
     return day
 
@@ -40,12 +40,12 @@ def evaluate_freshness(
         "latest_day": str(latest),
         "expected_day": str(due),
         "deadline": f"{deadline} Asia/Shanghai",
-        "checked_at": now.astimezone(calendar.SHANGHAI).isoformat(timespec="minutes"),
+        "checked_at": now.astimezone(trading_calendar.SHANGHAI).isoformat(timespec="minutes"),
     }
     if latest is not None and latest >= due:
         return result(True, f"{table.name} has {latest} (due: {due})", None, metadata)
     first_missing = latest + dt.timedelta(days=1) if latest else due
-    behind = calendar.trading_days(first_missing, due)
+    behind = trading_calendar.trading_days(first_missing, due)
     metadata["trading_days_behind"] = len(behind)
     metadata["missing_day_list"] = capped(behind)
     metadata["rerun"] = rerun_hint(behind)
@@ -72,7 +72,9 @@ def build_freshness_check(asset: str) -> dg.AssetChecksDefinition:
         ),
     )
     def fresh(config: FreshnessConfig, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        return evaluate_freshness(warehouse.get(), table, calendar.shanghai_now(), config.deadline)
+        return evaluate_freshness(
+            warehouse.get(), table, trading_calendar.shanghai_now(), config.deadline
+        )
 
     return fresh
 

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.cli.instance import open_instance
 from stocksync_dagster.cli.runs import first_failure, materialize_range
 from stocksync_dagster.errors import ConfigError, StocksyncError
@@ -28,7 +28,7 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[
             f"{start} is before STOCKSYNC_START_DATE {settings.start_date}",
             "set STOCKSYNC_START_DATE earlier to include it",
         )
-    latest = calendar.last_settled_trading_day()
+    latest = trading_calendar.last_settled_trading_day()
     end = min(end, latest)
     keys = trading_days.get_partition_keys()
     in_range = [k for k in keys if start.isoformat() <= k <= end.isoformat()]

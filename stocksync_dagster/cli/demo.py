@@ -6,7 +6,7 @@ import time
 
 import click
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.cli.instance import open_instance
 from stocksync_dagster.cli.runs import (
     QUIET,
@@ -25,8 +25,8 @@ def run_demo(settings: Settings, days: int, stocks: int) -> None:
     from stocksync_dagster.definitions import defs
 
     instance = open_instance()
-    end = calendar.last_settled_trading_day()
-    trading = calendar.trading_days(settings.start_date, end)
+    end = trading_calendar.last_settled_trading_day()
+    trading = trading_calendar.trading_days(settings.start_date, end)
     if not trading:
         raise StocksyncError(
             f"STOCKSYNC_START_DATE {settings.start_date} leaves no trading day to sync"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.jobs import (
     MARKET_ASSETS,
     TRIGGER_TAG,
@@ -127,7 +127,7 @@ def build_gap_sensor(
         `max_runs_in_flight` at once. Partitions already running, or requested in the last
         `cooldown_seconds`, are not requested again.
         """
-        last = calendar.last_settled_trading_day().isoformat()
+        last = trading_calendar.last_settled_trading_day().isoformat()
         keys = [k for k in partitions.get_partition_keys() if k <= last]
         statuses = market_status(context.instance, partitions, keys)
         cursor = GapCursor.parse(context.cursor)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.jobs import TRIGGER_TAG, AssetJob, market_run_config, range_tags
 from stocksync_dagster.resources import WarehouseResource
 from stocksync_dagster.sensors.inflight import unfinished_runs
@@ -43,7 +43,7 @@ def group_failures(frame: pd.DataFrame, max_days: int = 20) -> list[RepairGroup]
         days = sorted(set(rows["trade_date"]))
         runs: list[list[dt.date]] = []
         for day in days:
-            follows = bool(runs) and calendar.previous_trading_day(day) == runs[-1][-1]
+            follows = bool(runs) and trading_calendar.previous_trading_day(day) == runs[-1][-1]
             if follows and len(runs[-1]) < max_days:
                 runs[-1].append(day)
             else:

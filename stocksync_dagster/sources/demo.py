@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import pandas as pd
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.sources.base import FetchResult, MarketSource
 from stocksync_dagster.sources.demo_market import DEFAULT_ORIGIN, DemoMarket
 
@@ -32,7 +32,7 @@ class DemoSource(MarketSource):
         return self.market.calendar(start, end)
 
     def stock_basic(self) -> pd.DataFrame:
-        as_of = self.as_of or calendar.shanghai_now().date()
+        as_of = self.as_of or trading_calendar.shanghai_now().date()
         return self.market.stock_basic(as_of)
 
     def daily_bars(

@@ -2,7 +2,7 @@
 
 Everything is a pure function of (seed, number of stocks, origin): a day's values never depend
 on which range is asked for. It has what real data has: suspensions, IPOs, delistings, ST stocks,
-ex-dividend days with factor jumps, limit-up/down days and the real holiday calendar.
+ex-dividend days with factor jumps, limit-up/down days and the real holiday trading_calendar.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.codes import board_of, price_limit_pct
 
 DEFAULT_ORIGIN = dt.date(2023, 1, 3)
@@ -64,7 +64,9 @@ class DemoMarket:
             codes += [
                 f"{prefixes[num // 1000]}{num % 1000:03d}.{exchange}" for num in sorted(numbers)
             ]
-        horizon_days = calendar.trading_days(self.origin, self.origin + dt.timedelta(days=4 * 365))
+        horizon_days = trading_calendar.trading_days(
+            self.origin, self.origin + dt.timedelta(days=4 * 365)
+        )
         ipo = rng.random(n) < 0.2
         list_dates = [
             horizon_days[rng.integers(1, len(horizon_days))]
@@ -106,7 +108,7 @@ class DemoMarket:
         if self._days and self._days[-1] >= end:
             return
         start = self._days[-1] + dt.timedelta(days=1) if self._days else self.origin
-        new_days = calendar.trading_days(start, end)
+        new_days = trading_calendar.trading_days(start, end)
         if not new_days:
             return
         stocks = self.stocks
@@ -268,7 +270,7 @@ class DemoMarket:
     def calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
         days = pd.date_range(start, end, freq="D").date
         return pd.DataFrame(
-            {"cal_date": days, "is_open": [calendar.is_trading_day(d) for d in days]}
+            {"cal_date": days, "is_open": [trading_calendar.is_trading_day(d) for d in days]}
         )
 
     def events(self, start: dt.date, end: dt.date) -> list[MarketEvent]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from stocksync_dagster import calendar
+from stocksync_dagster import trading_calendar
 from stocksync_dagster.codes import to_baostock
 from stocksync_dagster.sources.demo_market import DemoMarket
 
@@ -239,7 +239,7 @@ class FakeBaostockServer:
             days, values = list(group["trade_date"]), list(group["adj_factor"])
             rows = []
             if values[0] != 1.0:
-                rows.append((calendar.previous_trading_day(days[0]), values[0]))
+                rows.append((trading_calendar.previous_trading_day(days[0]), values[0]))
             rows += [
                 (d, v)
                 for i, (d, v) in enumerate(zip(days, values, strict=True))
