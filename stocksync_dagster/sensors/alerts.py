@@ -4,10 +4,12 @@ import re
 from collections.abc import Sequence
 
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
 from stocksync_dagster.alerts import Alert, first_line, send_alert
 from stocksync_dagster.jobs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
+_RETRY_WRAPPERS = {"RetryRequestedFromPolicy", "RetryRequested"}
 _MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # dagster._core.errors.X: -> X:
 
 
@@ -34,7 +36,7 @@ def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequenc
         error = error_event.step_failure_data.error
         # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
         # own errors say what to do; their library causes do not).
-        while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+        while error.cause is not None and _is_dagster_wrapper(error):
             error = error.cause
         message = _MODULE_PATH.sub("", error.message)
     else:
@@ -47,6 +49,12 @@ def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequenc
         error=first_line(message, secrets),
         run_url=f"{ui_url.rstrip('/')}/runs/{run.run_id}",
     )
+
+
+def _is_dagster_wrapper(error: SerializableErrorInfo) -> bool:
+    """Dagster's own wrappers ("Error occurred while executing...", "Exceeded max_retries")."""
+    name = error.cls_name
+    return name is None or name.startswith("Dagster") or name in _RETRY_WRAPPERS
 
 
 def build_alert_sensor(
