@@ -111,6 +111,7 @@ def sync_market_range(
     fetched = time.monotonic()
     good, rejected = dataset.validate(result.frame, start, end)
     rejected = [*result.rejected, *rejected]
+    result.frame = result.frame.iloc[:0]  # a year of the market: free the raw copy before writing
     with warehouse.begin() as connection:
         stats = upsert_frame(connection, dataset.table, good)
         failure_rows = failures.record_failures(

@@ -59,7 +59,7 @@ FACTOR_HISTORY_START = "1990-01-01"  # factors are cumulative: read every ex-rig
 STOCK_TYPE = "1"  # query_stock_basic type: 1 stock, 2 index, 3 other, 4 convertible, 5 ETF
 # Parsed rows are turned into a DataFrame every this many rows: tuples of Python floats cost
 # ~5x the memory of the frame's columns, and a year of the whole market is over a million rows.
-COMPACT_ROWS = 200_000
+COMPACT_ROWS = 50_000
 WHAT_TO_DO = "The stock is recorded as a sync failure; the repair sensor or a rerun fetches it"
 
 
@@ -207,16 +207,20 @@ def _rejected_row(code: str, row: list[str], fields: list[str], reason: str) -> 
     return RejectedRow(code=code, trade_date=day, reason=reason, raw=",".join(map(str, row)))
 
 
-def _frame(
-    rows: list[tuple], columns: list[str], parts: Sequence[pd.DataFrame] = ()
-) -> pd.DataFrame:
-    """`parts` (compacted earlier) and `rows` as one frame sorted by trade_date, code."""
+def _frame(rows: list[tuple], columns: list[str], parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """`parts` (compacted earlier) and `rows` as one frame sorted by trade_date, code.
+
+    Takes ownership: `rows` and `parts` are emptied as soon as they are copied, so a year of
+    the market is held at most twice (while concatenating, then while sorting).
+    """
     if rows or not parts:
-        parts = [*parts, pd.DataFrame.from_records(rows, columns=columns)]
+        parts.append(pd.DataFrame.from_records(rows, columns=columns))
+        rows.clear()
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    parts.clear()
     if frame.empty:
         frame = frame.astype({c: "float64" for c in columns if c not in ("code", "trade_date")})
-    return frame.sort_values(["trade_date", "code"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["trade_date", "code"], kind="stable", ignore_index=True)
 
 
 class BaostockSource(MarketSource):
