@@ -7,11 +7,9 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-REFERENCE_ASSETS = ("trade_calendar", "stock_basic")
+from stocksync_dagster.jobs import MARKET_ASSETS, REFERENCE_ASSETS, range_tags
+
 QUIET = "WARNING"
-MARKET_ASSETS = ("daily_bars", "adj_factor")
 
 
 def materialize_range(
@@ -25,7 +23,7 @@ def materialize_range(
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
     """One single-run backfill of `assets` over the partition keys in [start, end]."""
-    tags = {**(tags or {}), RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: end.isoformat()}
+    tags = {**(tags or {}), **range_tags(start.isoformat(), end.isoformat())}
     return _materialize(defs, instance, assets, resources, tags, log_level)
 
 
