@@ -6,13 +6,12 @@ no value from a source is ever spliced into SQL text. Every bad setting stops th
 `stocksync` CLI with one line naming the variable and no traceback.
 """
 
-import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from stocksync_dagster.sources.base import FetchResult, MarketSource
 from stocksync_dagster.sources.demo_market import DemoMarket
 from stocksync_dagster.sync import DAILY_BARS, sync_market_range
 from stocksync_dagster.warehouse import Warehouse
+from tests.support import closing_warehouse
 
 DAY = dt.date(2025, 8, 5)
 HOSTILE = "600000.SH'); DROP TABLE daily_bar;--"
@@ -40,17 +40,6 @@ TAGS = {
     "dagster/asset_partition_range_start": DAY.isoformat(),
     "dagster/asset_partition_range_end": DAY.isoformat(),
 }
-
-
-@contextlib.contextmanager
-def closing_warehouse(url: str) -> Iterator[sa.Connection]:
-    """A read connection whose engine is disposed afterwards (no pooled sessions left over)."""
-    warehouse = Warehouse(url)
-    try:
-        with warehouse.connect() as connection:
-            yield connection
-    finally:
-        warehouse.dispose()
 
 
 def good_rows() -> pd.DataFrame:

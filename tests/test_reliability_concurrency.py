@@ -7,12 +7,10 @@ advisory lock per table). On SQLite the warehouse file does not exist yet, so th
 race to create the schema.
 """
 
-import contextlib
 import datetime as dt
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from stocksync_dagster.sources.demo import shared_market
-from stocksync_dagster.warehouse import Warehouse
+from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -78,17 +76,6 @@ stats = {
 }
 print(json.dumps({"success": result.success, "seconds": time.monotonic() - began, "stats": stats}))
 """
-
-
-@contextlib.contextmanager
-def closing_warehouse(url: str) -> Iterator[sa.Connection]:
-    """A read connection whose engine is disposed afterwards (no pooled sessions left over)."""
-    warehouse = Warehouse(url)
-    try:
-        with warehouse.connect() as connection:
-            yield connection
-    finally:
-        warehouse.dispose()
 
 
 def start(url: str, folder: Path, role: str) -> subprocess.Popen:

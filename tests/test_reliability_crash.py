@@ -11,7 +11,6 @@ Runs executed in-process (`dagster asset materialize`, `stocksync backfill`) hav
 watching them: killed, they stay STARTED until someone terminates them (docs/reliability.md).
 """
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -37,6 +35,7 @@ from stocksync_dagster.sensors.gaps import build_gap_sensor
 from stocksync_dagster.sources.demo import shared_market
 from stocksync_dagster.warehouse import Warehouse, schema
 from stocksync_dagster.warehouse.upsert import upsert_frame
+from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -51,17 +50,6 @@ run_coordinator:
 telemetry:
   enabled: false
 """
-
-
-@contextlib.contextmanager
-def closing_warehouse(url: str) -> Iterator[sa.Connection]:
-    """A read connection whose engine is disposed afterwards (no pooled sessions left over)."""
-    warehouse = Warehouse(url)
-    try:
-        with warehouse.connect() as connection:
-            yield connection
-    finally:
-        warehouse.dispose()
 
 
 def market_rows() -> pd.DataFrame:

@@ -7,7 +7,6 @@ repair and gap sensors (evaluated here as the daemon would, their requests run a
 be launched) then heal it to the exact market, with no failure left open.
 """
 
-import contextlib
 import datetime as dt
 import random
 from collections.abc import Iterator
@@ -33,11 +32,11 @@ from stocksync_dagster.sensors.repair import build_repair_sensor
 from stocksync_dagster.sources.base import MarketSource
 from stocksync_dagster.sources.demo_market import DemoMarket
 from stocksync_dagster.sources.tushare import TushareSource
-from stocksync_dagster.warehouse import Warehouse
 from stocksync_dagster.warehouse.schema import WHOLE_DAY
 from tests.fakes import baostock_server, tushare_server
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
+from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -98,17 +97,6 @@ class FlakyTushareServer(FakeTushareServer):
         if refuse:
             return "rate_limited", None
         return super()._admit(token, api, params)
-
-
-@contextlib.contextmanager
-def closing_warehouse(url: str) -> Iterator[sa.Connection]:
-    """A read connection whose engine is disposed afterwards (no pooled sessions left over)."""
-    warehouse = Warehouse(url)
-    try:
-        with warehouse.connect() as connection:
-            yield connection
-    finally:
-        warehouse.dispose()
 
 
 def add_random_faults(server: FakeBaostockServer | FlakyTushareServer, seed: int) -> None:
