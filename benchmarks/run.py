@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         pg_url = None
     report: dict = {
         "size": size.name,
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "warehouse": "postgresql" if pg_url else "sqlite",
         "benchmarks": {},
