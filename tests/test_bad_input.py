@@ -111,11 +111,12 @@ def read(url: str, sql: str) -> pd.DataFrame:
         return pd.read_sql(sa.text(sql), connection)
 
 
-def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written(
-    warehouse_url: str,
-) -> None:
+def materialize_bars_capturing_sql(
+    url: str, run_config: dict | None = None
+) -> tuple[dg.ExecuteInProcessResult, list[str]]:
+    """Materialize `daily_bars` from the malformed source; also return every SQL text sent."""
     statements: list[str] = []
-    engine = WarehouseResource(url=warehouse_url).get().engine
+    engine = WarehouseResource(url=url).get().engine
     listener = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
     sa.event.listen(engine, "before_cursor_execute", listener)
     try:
@@ -124,13 +125,21 @@ def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written
             selection=["daily_bars"],
             tags=TAGS,
             raise_on_error=False,
+            run_config=run_config,
             resources={
                 "source": MalformedSourceResource(),
-                "warehouse": WarehouseResource(url=warehouse_url),
+                "warehouse": WarehouseResource(url=url),
             },
         )
     finally:
         sa.event.remove(engine, "before_cursor_execute", listener)
+    return result, statements
+
+
+def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written(
+    warehouse_url: str,
+) -> None:
+    result, statements = materialize_bars_capturing_sql(warehouse_url)
     assert result.success
     _, reasons = malformed_rows()
     metadata = result.asset_materializations_for_node("daily_bars")[0].metadata
@@ -151,24 +160,8 @@ def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written
 
 
 def test_hostile_codes_in_run_config_stay_parameters(warehouse_url: str) -> None:
-    statements: list[str] = []
-    engine = WarehouseResource(url=warehouse_url).get().engine
-    listener = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
-    sa.event.listen(engine, "before_cursor_execute", listener)
-    try:
-        result = dg.materialize(
-            ASSETS,
-            selection=["daily_bars"],
-            tags=TAGS,
-            raise_on_error=False,
-            run_config={"ops": {"daily_bars": {"config": {"codes": [HOSTILE, "x' OR '1'='1"]}}}},
-            resources={
-                "source": MalformedSourceResource(),
-                "warehouse": WarehouseResource(url=warehouse_url),
-            },
-        )
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", listener)
+    codes = {"ops": {"daily_bars": {"config": {"codes": [HOSTILE, "x' OR '1'='1"]}}}}
+    result, statements = materialize_bars_capturing_sql(warehouse_url, codes)
     assert result.success
     assert all(HOSTILE not in s and "'1'='1" not in s for s in statements)
     assert read(warehouse_url, "SELECT count(*) AS n FROM daily_bar")["n"][0] >= 0  # table intact

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pandas as pd
 import sqlalchemy as sa
 
@@ -40,17 +38,6 @@ def table_summary(connection: sa.Connection) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def days_with_rows(
-    connection: sa.Connection, table: sa.Table, start: dt.date, end: dt.date
-) -> dict[dt.date, int]:
-    """Row count per trade_date in [start, end] (days without rows are absent)."""
-    column = table.c.trade_date
-    result = connection.execute(
-        sa.select(column, sa.func.count()).where(column.between(start, end)).group_by(column)
-    )
-    return {_to_date(day): count for day, count in result}
-
-
 def failure_summary(connection: sa.Connection) -> pd.DataFrame:
     """sync_failure rows per asset and status."""
     table = schema.sync_failure
@@ -66,7 +53,3 @@ def failure_summary(connection: sa.Connection) -> pd.DataFrame:
         .order_by(table.c.asset, table.c.status)
     )
     return pd.DataFrame(result.all(), columns=["asset", "status", "rows", "first_day", "last_day"])
-
-
-def _to_date(value: object) -> dt.date:
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))

@@ -74,7 +74,8 @@ sync_failure = sa.Table(
     sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("asset", "trade_date", "code", name="uq_sync_failure_key"),
     sa.CheckConstraint(
-        "status IN ('pending', 'retrying', 'resolved', 'abandoned')", name="ck_sync_failure_status"
+        "status IN ({})".format(", ".join(f"'{s}'" for s in FAILURE_STATUSES)),
+        name="ck_sync_failure_status",
     ),
     sa.Index("ix_sync_failure_status", "status"),
     comment="One row per (asset, trade_date, code) that could not be fetched",
