@@ -208,7 +208,7 @@ def scratch_postgres(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
     try:
         yield url
     finally:
-        from stocksync_dagster.warehouse import engine as warehouse_engine
+        from stocksync_dagster.core.warehouse import engine as warehouse_engine
 
         warehouse_engine._ready.discard(url)
         with engine.connect() as connection:

@@ -13,10 +13,10 @@ from typing import Any
 import dagster as dg
 
 from benchmarks.common import ROOT
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.assets.reference import build_reference_assets
 from stocksync_dagster.checks import build_asset_checks
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.reference.assets import build_reference_assets
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 
 

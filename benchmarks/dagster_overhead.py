@@ -15,7 +15,7 @@ import dagster as dg
 from benchmarks.common import Outcome, Row
 from benchmarks.dagster_defs import build_defs, materialization_metadata, temp_instance
 from benchmarks.sizes import Size
-from stocksync_dagster.jobs import RANGE_END_TAG, RANGE_START_TAG
+from stocksync_dagster.defs.market.jobs import RANGE_END_TAG, RANGE_START_TAG
 from stocksync_dagster.resources import DemoSourceResource
 
 DEMO_STOCKS = 50

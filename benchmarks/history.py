@@ -25,8 +25,8 @@ from benchmarks.common import (
 )
 from benchmarks.dagster_defs import build_defs, materialization_metadata, temp_instance
 from benchmarks.sizes import Size
-from stocksync_dagster import trading_calendar
 from stocksync_dagster.cli.runs import first_failure, materialize_range, materialize_unpartitioned
+from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.resources import BaostockSourceResource
 
 TARGET_SECONDS = 180.0
@@ -53,7 +53,7 @@ def old_way(address: str, size: Size, days: list[dt.date]) -> tuple[float, int]:
     import baostock as bs
     from baostock.common import contants
 
-    from stocksync_dagster.sources.demo_market import DemoMarket
+    from stocksync_dagster.core.sources.demo_market import DemoMarket
 
     host, port = address.split(":")
     contants.BAOSTOCK_SERVER_IP, contants.BAOSTOCK_SERVER_PORT = host, int(port)

@@ -11,9 +11,9 @@ import time
 from benchmarks.common import Outcome, PeakRss, Row, in_fresh_process
 from benchmarks.history import baostock_server
 from benchmarks.sizes import Size
-from stocksync_dagster.sources.baostock import BaostockSource
-from stocksync_dagster.sync import DAILY_BARS, sync_market_range
-from stocksync_dagster.warehouse import Warehouse
+from stocksync_dagster.core.sources.baostock import BaostockSource
+from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
+from stocksync_dagster.core.warehouse import Warehouse
 
 
 def _alive_codes(source: BaostockSource, size: Size) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from stocksync_dagster.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sources.demo_market import DemoMarket
 from tests.fakes.tushare_server import FakeTushareServer
 
 

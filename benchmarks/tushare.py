@@ -15,8 +15,8 @@ import time
 
 from benchmarks.common import Outcome, Row, Target, free_port, server_process
 from benchmarks.sizes import Size
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.sources.tushare import TushareSource
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.sources.tushare import TushareSource
 
 TARGET_SHARE = 0.90
 
@@ -91,14 +91,14 @@ def run(size: Size) -> Outcome:
         "--window", f"{size.tushare_window:g}",
     ]  # fmt: skip
     counter = _RefusalCounter()
-    logging.getLogger("stocksync_dagster.sources.tushare").addHandler(counter)
+    logging.getLogger("stocksync_dagster.core.sources.tushare").addHandler(counter)
     try:
         with server_process("benchmarks.serve_tushare", args, "fake tushare at"):
             url = f"http://127.0.0.1:{port}/dataapi"
             for tokens in size.tushare_tokens:
                 out.rows += _fetch(url, size, tokens)
     finally:
-        logging.getLogger("stocksync_dagster.sources.tushare").removeHandler(counter)
+        logging.getLogger("stocksync_dagster.core.sources.tushare").removeHandler(counter)
     for row in out.rows:
         row.extra["rate_limit_refusals_total"] = counter.refusals
     for row in out.rows:

@@ -16,10 +16,10 @@ import pandas as pd
 
 from benchmarks.common import Outcome, Row, Target
 from benchmarks.sizes import Size
-from stocksync_dagster.sources.demo_market import DemoMarket
-from stocksync_dagster.validation import validate_bars
-from stocksync_dagster.warehouse import Warehouse, schema
-from stocksync_dagster.warehouse.upsert import upsert_frame
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.validation import validate_bars
+from stocksync_dagster.core.warehouse import Warehouse, schema
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
 
 TARGET_OF_COPY = 0.70
 TARGET_OVER_TO_SQL = 10.0

@@ -18,8 +18,8 @@ from typing import Any
 
 import dagster as dg
 
-from stocksync_dagster.errors import ConfigError
-from stocksync_dagster.settings import redact_url
+from stocksync_dagster.core.errors import ConfigError
+from stocksync_dagster.core.settings import redact_url
 
 EXECUTORS = ("multiprocess", "celery")
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")

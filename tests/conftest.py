@@ -15,7 +15,15 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.warehouse import Warehouse
+# The definitions are module-level objects built from the environment when they are first
+# imported: fix the settings they read before any test imports them. Steps retry quickly.
+os.environ.setdefault("STOCKSYNC_SOURCE", "demo")
+os.environ.setdefault("STOCKSYNC_START_DATE", "2025-01-02")
+os.environ.setdefault("STOCKSYNC_SOURCE_RETRIES", "2")
+os.environ.setdefault("STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS", "0.1")
+os.environ.pop("STOCKSYNC_ALERT_WEBHOOKS", None)
+
+from stocksync_dagster.core.warehouse import Warehouse
 
 PG_ADMIN_URL = os.environ.get(
     "STOCKSYNC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -51,7 +59,7 @@ def postgres_server_url() -> Iterator[str]:
         connection.exec_driver_sql(f"CREATE DATABASE {name}")
     url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     yield url
-    from stocksync_dagster.warehouse import engine as warehouse_engine
+    from stocksync_dagster.core.warehouse import engine as warehouse_engine
 
     warehouse_engine._ready.discard(url)
     with engine.connect() as connection:
@@ -63,7 +71,7 @@ def postgres_server_url() -> Iterator[str]:
 
 
 def _truncate(warehouse: Warehouse) -> None:
-    from stocksync_dagster.warehouse.schema import metadata
+    from stocksync_dagster.core.warehouse.schema import metadata
 
     with warehouse.begin() as connection:
         for table in reversed(metadata.sorted_tables):

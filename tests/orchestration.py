@@ -1,18 +1,13 @@
-"""Definitions for orchestration tests: the real jobs, schedules and sensors on the demo source."""
+"""The project's real definitions for orchestration tests, with resources swapped per test."""
 
 import datetime as dt
 
 import dagster as dg
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.assets.reference import build_reference_assets
-from stocksync_dagster.jobs import build_jobs, range_tags
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.definitions import defs as project_defs
+from stocksync_dagster.defs.market.jobs import range_tags
 from stocksync_dagster.resources import DemoSourceResource, MarketSourceResource, WarehouseResource
-from stocksync_dagster.schedules import build_schedules
-from stocksync_dagster.sensors import build_sensors
-from stocksync_dagster.settings import Settings
 
 DEMO_STOCKS = 20
 
@@ -26,20 +21,13 @@ class DownSourceResource(MarketSourceResource):
         )
 
 
-def build_defs(
-    settings: Settings, extra_sensors: list[dg.SensorDefinition] | None = None
-) -> dg.Definitions:
-    partitions = trading_day_partitions(settings.start_date)
-    nightly, market = build_jobs(settings.source)
-    return dg.Definitions(
-        assets=[*build_reference_assets(settings.start_date), *build_market_assets(partitions)],
-        jobs=[nightly, market],
-        schedules=build_schedules(nightly, partitions, settings),
-        sensors=[*build_sensors(market, partitions, settings), *(extra_sensors or [])],
-        resources={
-            "source": DemoSourceResource(stocks=DEMO_STOCKS),
-            "warehouse": WarehouseResource(url=settings.database_url),
-        },
+def build_defs(warehouse_url: str, source: MarketSourceResource | None = None) -> dg.Definitions:
+    """The project's definitions on the demo source (or `source`) and the warehouse at the URL."""
+    return project_defs.with_resources(
+        {
+            "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
+            "warehouse": WarehouseResource(url=warehouse_url),
+        }
     )
 
 
@@ -53,11 +41,11 @@ def materialize_range(
     run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One range run of market assets (as sensors request them), on the demo or a down source."""
-    resources = dict(defs.resources)
+    resources = dict(defs.resources or {})
     if source is not None:
         resources["source"] = source
     return dg.materialize(
-        [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],  # type: ignore[union-attr]
+        [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)],
         selection=list(assets),
         instance=instance,
         resources=resources,

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
-from stocksync_dagster.warehouse import Warehouse
+from stocksync_dagster.core.warehouse import Warehouse
 
 
 @contextlib.contextmanager

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from stocksync_dagster.alerts import Alert, send_alert, webhook_format
-from stocksync_dagster.sensors.alerts import build_alert_sensor
-from stocksync_dagster.settings import Settings
+from stocksync_dagster.core.alerts import Alert, send_alert, webhook_format
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.defs.health.alerts import build_alert_sensor
 from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
 ALERT = Alert(
@@ -106,7 +106,7 @@ def test_each_format_reaches_the_receiver(receiver: Receiver) -> None:
 def test_dead_or_refusing_webhooks_are_logged_not_raised(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="stocksync_dagster.alerts")
+    caplog.set_level(logging.INFO, logger="stocksync_dagster.core.alerts")
     dead = f"http://127.0.0.1:{closed_port()}/hook?token=SECRET"
     receiver.answer = {"errcode": 310000, "errmsg": "keywords not in content"}
     refusing = f"dingtalk+{base(receiver)}/robot?access_token=SECRET"
@@ -158,7 +158,7 @@ def test_webhook_settings_accept_format_prefixes_and_reject_unknown_ones() -> No
     settings = Settings.from_env(env)
     assert settings.alert_webhooks == (env["STOCKSYNC_ALERT_WEBHOOKS"],)
     assert settings.ui_url == "http://dagster.internal:3000"
-    from stocksync_dagster.errors import ConfigError
+    from stocksync_dagster.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="STOCKSYNC_ALERT_WEBHOOKS"):
         Settings.from_env({"STOCKSYNC_ALERT_WEBHOOKS": "teams+https://x.example/hook"})

@@ -6,12 +6,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.assets.reference import build_reference_assets
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.reference.assets import build_reference_assets
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
-from stocksync_dagster.sources.demo import DemoSource
-from stocksync_dagster.warehouse import Warehouse
 from tests.conftest import DEMO_END, DEMO_START
 
 PARTITIONS = trading_day_partitions(dt.date(2025, 1, 2))
@@ -143,7 +143,7 @@ def test_repair_run_fetches_only_the_given_codes(sqlite_url: str) -> None:
 def test_too_many_failed_stocks_fail_the_step_after_writing(
     sqlite_url: str, share: float, succeeds: bool
 ) -> None:
-    from stocksync_dagster.sources.base import FetchFailure
+    from stocksync_dagster.core.sources.base import FetchFailure
 
     class Flaky(DemoSource):
         def daily_bars(self, start, end, codes=None):  # type: ignore[no-untyped-def]

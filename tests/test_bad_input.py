@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core.sources.base import FetchResult, MarketSource
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
-from stocksync_dagster.sources.base import FetchResult, MarketSource
-from stocksync_dagster.sources.demo_market import DemoMarket
-from stocksync_dagster.sync import DAILY_BARS, sync_market_range
-from stocksync_dagster.warehouse import Warehouse
 from tests.support import closing_warehouse
 
 DAY = dt.date(2025, 8, 5)

@@ -19,10 +19,10 @@ from benchmarks import run as bench_run
 from benchmarks.common import Row, tree_rss
 from benchmarks.sizes import TINY
 from benchmarks.tushare import bound_seconds
-from stocksync_dagster.sources.progress import Progress
-from stocksync_dagster.warehouse import Warehouse, schema
-from stocksync_dagster.warehouse import upsert as upsert_module
-from stocksync_dagster.warehouse.upsert import upsert_frame
+from stocksync_dagster.core.sources.progress import Progress
+from stocksync_dagster.core.warehouse import Warehouse, schema
+from stocksync_dagster.core.warehouse import upsert as upsert_module
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
 
 pytestmark = pytest.mark.slow
 

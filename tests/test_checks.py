@@ -9,9 +9,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.assets.reference import build_reference_assets
 from stocksync_dagster.checks import build_asset_checks
 from stocksync_dagster.checks.calendar_gaps import evaluate_missing_days
 from stocksync_dagster.checks.completeness import evaluate_completeness
@@ -25,12 +22,20 @@ from stocksync_dagster.checks.stock_basic import (
     evaluate_stock_basic_integrity,
 )
 from stocksync_dagster.cli.runs import materialize_range, materialize_unpartitioned
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.sources.demo_market import MarketEvent
+from stocksync_dagster.core.sync import (
+    ADJ_FACTOR,
+    DAILY_BARS,
+    sync_market_range,
+    sync_reference_table,
+)
+from stocksync_dagster.core.warehouse import Warehouse, schema
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.reference.assets import build_reference_assets
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
-from stocksync_dagster.sources.demo import DemoSource
-from stocksync_dagster.sources.demo_market import MarketEvent
-from stocksync_dagster.sync import ADJ_FACTOR, DAILY_BARS, sync_market_range, sync_reference_table
-from stocksync_dagster.warehouse import Warehouse, schema
 from tests.conftest import DEMO_END, DEMO_START
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN

@@ -6,11 +6,11 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.codes import is_valid_code, price_limit_pct
-from stocksync_dagster.sources.base import ADJ_FACTOR_COLUMNS, BAR_COLUMNS, STOCK_BASIC_COLUMNS
-from stocksync_dagster.sources.demo import DemoSource
-from stocksync_dagster.sources.demo_market import DemoMarket
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.codes import is_valid_code, price_limit_pct
+from stocksync_dagster.core.sources.base import ADJ_FACTOR_COLUMNS, BAR_COLUMNS, STOCK_BASIC_COLUMNS
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.sources.demo_market import DemoMarket
 from tests.conftest import DEMO_END, DEMO_START
 
 

@@ -27,12 +27,12 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from stocksync_dagster.errors import ConfigError
+from stocksync_dagster.core.errors import ConfigError
+from stocksync_dagster.core.settings import DEFAULT_START_DATE
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.defs.market.jobs import MARKET_ASSETS, RANGE_START_TAG, market_status
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.executors import CELERY_SETTINGS, executor_from_env
-from stocksync_dagster.jobs import MARKET_ASSETS, RANGE_START_TAG, market_status
-from stocksync_dagster.partitions import trading_day_partitions
-from stocksync_dagster.settings import DEFAULT_START_DATE
-from stocksync_dagster.sources.demo import DemoSource
 from tests.conftest import IN_CI, PG_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 
 SH = trading_calendar.SHANGHAI
 PARTITIONS = trading_day_partitions(dt.date(2025, 9, 1))

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.sources.demo import shared_market
+from stocksync_dagster.core.sources.demo import shared_market
 from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -33,9 +33,9 @@ from pathlib import Path
 
 url, folder, role = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 import dagster as dg
-from stocksync_dagster import sync
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core import sync
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 
 assets = build_market_assets(trading_day_partitions(sync.dt.date(2025, 8, 1)),

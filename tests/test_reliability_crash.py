@@ -27,14 +27,18 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.jobs import build_jobs
-from stocksync_dagster.partitions import PARTITION_TIMEZONE, WEEKENDS, trading_day_partitions
+from stocksync_dagster.core.sources.demo import shared_market
+from stocksync_dagster.core.warehouse import Warehouse, schema
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.gaps import build_gap_sensor
+from stocksync_dagster.defs.market.jobs import build_jobs
+from stocksync_dagster.defs.market.partitions import (
+    PARTITION_TIMEZONE,
+    WEEKENDS,
+    trading_day_partitions,
+)
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
-from stocksync_dagster.sensors.gaps import build_gap_sensor
-from stocksync_dagster.sources.demo import shared_market
-from stocksync_dagster.warehouse import Warehouse, schema
-from stocksync_dagster.warehouse.upsert import upsert_frame
 from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

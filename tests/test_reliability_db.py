@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster import sync
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core import sync
+from stocksync_dagster.core.sources.demo import shared_market
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.core.warehouse import engine as warehouse_engine
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 from stocksync_dagster.resources import warehouse as warehouse_resource
-from stocksync_dagster.sources.demo import shared_market
-from stocksync_dagster.warehouse import Warehouse
-from stocksync_dagster.warehouse import engine as warehouse_engine
 from tests.conftest import _truncate
 from tests.fakes.tcp_proxy import TcpProxy
 

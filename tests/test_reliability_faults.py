@@ -18,21 +18,25 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.jobs import build_jobs
-from stocksync_dagster.partitions import PARTITION_TIMEZONE, WEEKENDS, trading_day_partitions
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.sources.base import MarketSource
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sources.tushare import TushareSource
+from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.gaps import build_gap_sensor
+from stocksync_dagster.defs.market.jobs import build_jobs
+from stocksync_dagster.defs.market.partitions import (
+    PARTITION_TIMEZONE,
+    WEEKENDS,
+    trading_day_partitions,
+)
+from stocksync_dagster.defs.market.repair import build_repair_sensor
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     TushareSourceResource,
     WarehouseResource,
 )
-from stocksync_dagster.sensors.gaps import build_gap_sensor
-from stocksync_dagster.sensors.repair import build_repair_sensor
-from stocksync_dagster.sources.base import MarketSource
-from stocksync_dagster.sources.demo_market import DemoMarket
-from stocksync_dagster.sources.tushare import TushareSource
-from stocksync_dagster.warehouse.schema import WHOLE_DAY
 from tests.fakes import baostock_server, tushare_server
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer

@@ -5,8 +5,8 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from stocksync_dagster.settings import Settings
-from stocksync_dagster.trading_calendar import SHANGHAI
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.trading_calendar import SHANGHAI
 from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
 FRIDAY = dt.date(2026, 11, 20)  # a trading day

@@ -20,12 +20,12 @@ import pytest
 import sqlalchemy as sa
 from dagster._serdes import serialize_value
 
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.defs.health.alerts import build_alert_sensor
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.resources import TushareSourceResource, WarehouseResource
-from stocksync_dagster.sensors.alerts import build_alert_sensor
-from stocksync_dagster.sources.demo_market import DemoMarket
-from stocksync_dagster.warehouse import Warehouse
 from tests.conftest import _truncate
 from tests.fakes.tushare_server import FakeTushareServer
 from tests.test_alerts import Handler, Receiver

@@ -7,15 +7,20 @@ import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 from dagster._core.utils import make_new_run_id
 
-from stocksync_dagster.jobs import RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG, build_jobs
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.sources.base import FetchFailure
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.warehouse import Warehouse, failures
+from stocksync_dagster.defs.market.gaps import GapCursor, build_gap_sensor
+from stocksync_dagster.defs.market.jobs import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    TRIGGER_TAG,
+    build_jobs,
+)
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.market.repair import build_repair_sensor
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.sensors.gaps import GapCursor, build_gap_sensor
-from stocksync_dagster.sensors.repair import build_repair_sensor
-from stocksync_dagster.settings import Settings
-from stocksync_dagster.sources.base import FetchFailure
-from stocksync_dagster.sources.demo import DemoSource
-from stocksync_dagster.warehouse import Warehouse, failures
 from tests.orchestration import (
     DEMO_STOCKS,
     DownSourceResource,

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from stocksync_dagster.errors import ConfigError
-from stocksync_dagster.settings import (
+from stocksync_dagster.core.errors import ConfigError
+from stocksync_dagster.core.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_SOURCE,
     DEFAULT_START_DATE,

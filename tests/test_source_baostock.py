@@ -13,16 +13,16 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from stocksync_dagster.codes import is_valid_code
-from stocksync_dagster.errors import SourceUnavailableError
-from stocksync_dagster.sources.baostock import BaostockSource
-from stocksync_dagster.sources.base import (
+from stocksync_dagster.core.codes import is_valid_code
+from stocksync_dagster.core.errors import SourceUnavailableError
+from stocksync_dagster.core.sources.baostock import BaostockSource
+from stocksync_dagster.core.sources.base import (
     ADJ_FACTOR_COLUMNS,
     BAR_COLUMNS,
     STOCK_BASIC_COLUMNS,
     FetchResult,
 )
-from stocksync_dagster.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sources.demo_market import DemoMarket
 from tests.fakes.baostock_server import FakeBaostockServer
 
 START, END = dt.date(2024, 1, 2), dt.date(2024, 2, 29)

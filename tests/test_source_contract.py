@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.assets.market import build_market_assets
-from stocksync_dagster.partitions import trading_day_partitions
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.defs.market.assets import build_market_assets
+from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     TushareSourceResource,
     WarehouseResource,
 )
-from stocksync_dagster.sources.demo_market import DemoMarket
-from stocksync_dagster.warehouse import Warehouse
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
 

@@ -13,12 +13,12 @@ import pandas.testing as pdt
 import pytest
 import tushare
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.errors import SourceError, SourceUnavailableError
-from stocksync_dagster.sources import tushare_normalize as norm
-from stocksync_dagster.sources.base import BAR_COLUMNS
-from stocksync_dagster.sources.demo_market import DemoMarket
-from stocksync_dagster.sources.tushare import TushareSource
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.errors import SourceError, SourceUnavailableError
+from stocksync_dagster.core.sources import tushare_normalize as norm
+from stocksync_dagster.core.sources.base import BAR_COLUMNS
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sources.tushare import TushareSource
 from tests.fakes.tushare_server import FakeTushareServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(30)]

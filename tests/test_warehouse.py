@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster import sync
-from stocksync_dagster.sources.demo import DemoSource
-from stocksync_dagster.warehouse import Warehouse, schema
-from stocksync_dagster.warehouse.upsert import upsert_frame
+from stocksync_dagster.core import sync
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.warehouse import Warehouse, schema
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
 from tests.conftest import DEMO_END, DEMO_START
 
 

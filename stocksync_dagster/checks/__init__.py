@@ -12,13 +12,13 @@ from stocksync_dagster.checks.calendar_gaps import build_missing_days_check
 from stocksync_dagster.checks.completeness import build_completeness_check
 from stocksync_dagster.checks.factors import build_factor_checks
 from stocksync_dagster.checks.failures import build_open_failures_check
-from stocksync_dagster.checks.freshness import build_freshness_check, build_health_check_schedule
+from stocksync_dagster.checks.freshness import build_freshness_check
 from stocksync_dagster.checks.sanity import build_ohlc_sanity_check
 from stocksync_dagster.checks.stock_basic import build_stock_basic_checks
 
 MARKET_ASSETS = ("daily_bars", "adj_factor")
 
-__all__ = ["build_asset_checks", "build_health_check_schedule"]
+__all__ = ["build_asset_checks"]
 
 
 def build_asset_checks(start_date: dt.date) -> list[dg.AssetChecksDefinition]:

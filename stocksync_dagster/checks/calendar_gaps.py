@@ -8,9 +8,9 @@ import sqlalchemy as sa
 
 from stocksync_dagster.checks.report import capped, rerun_hint, result
 from stocksync_dagster.checks.scope import Scope
+from stocksync_dagster.core.warehouse import Warehouse, health
+from stocksync_dagster.core.warehouse.schema import MARKET_TABLES
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
-from stocksync_dagster.warehouse.schema import MARKET_TABLES
 
 
 class MissingDaysConfig(dg.Config):

@@ -5,9 +5,9 @@ import pandas as pd
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
 from stocksync_dagster.checks.scope import Scope, run_scope
+from stocksync_dagster.core.warehouse import Warehouse, health
+from stocksync_dagster.core.warehouse.schema import daily_bar
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
-from stocksync_dagster.warehouse.schema import daily_bar
 
 MAX_DAYS_DETAILED = 20
 

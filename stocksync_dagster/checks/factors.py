@@ -5,8 +5,8 @@ import pandas as pd
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
 from stocksync_dagster.checks.scope import Scope, run_scope
+from stocksync_dagster.core.warehouse import Warehouse, health
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
 
 FACTOR_WITHOUT_EX_RIGHT = "factor changed but pre_close = previous close"
 

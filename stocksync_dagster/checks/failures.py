@@ -4,9 +4,9 @@ import dagster as dg
 import pandas as pd
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
+from stocksync_dagster.core.warehouse import Warehouse, health
+from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
-from stocksync_dagster.warehouse.schema import WHOLE_DAY
 
 
 def evaluate_open_failures(warehouse: Warehouse, asset: str) -> dg.AssetCheckResult:

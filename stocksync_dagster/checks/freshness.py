@@ -5,11 +5,11 @@ import datetime as dt
 import dagster as dg
 import sqlalchemy as sa
 
-from stocksync_dagster import trading_calendar
 from stocksync_dagster.checks.report import capped, rerun_hint, result
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.warehouse import Warehouse, health
+from stocksync_dagster.core.warehouse.schema import MARKET_TABLES
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
-from stocksync_dagster.warehouse.schema import MARKET_TABLES
 
 DEFAULT_DEADLINE = "20:00"
 
@@ -77,19 +77,3 @@ def build_freshness_check(asset: str) -> dg.AssetChecksDefinition:
         )
 
     return fresh
-
-
-def build_health_check_schedule(cron: str = "0 20 * * 1-5") -> dg.ScheduleDefinition:
-    """Runs every asset check at the freshness deadline, even when no sync ran (a stopped
-    schedule or dead daemon is exactly when freshness matters)."""
-    job = dg.define_asset_job(
-        "asset_health_checks",
-        selection=dg.AssetSelection.all_asset_checks(),
-        description="Every asset check over the whole history, without materializing anything.",
-    )
-    return dg.ScheduleDefinition(
-        name="asset_health_checks_schedule",
-        job=job,
-        cron_schedule=cron,
-        execution_timezone="Asia/Shanghai",
-    )

@@ -4,8 +4,8 @@ import dagster as dg
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
 from stocksync_dagster.checks.scope import Scope, run_scope
+from stocksync_dagster.core.warehouse import Warehouse, health
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
 
 
 def evaluate_ohlc_sanity(warehouse: Warehouse, scope: Scope) -> dg.AssetCheckResult:

@@ -3,9 +3,9 @@
 import dagster as dg
 
 from stocksync_dagster.checks.report import capped, md_table, result
+from stocksync_dagster.core.warehouse import Warehouse, health
+from stocksync_dagster.core.warehouse.schema import stock_basic
 from stocksync_dagster.resources import WarehouseResource
-from stocksync_dagster.warehouse import Warehouse, health
-from stocksync_dagster.warehouse.schema import stock_basic
 
 UNKNOWN_CODE = "not in stock_basic"
 

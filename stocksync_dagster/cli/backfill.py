@@ -7,16 +7,17 @@ import time
 
 import click
 
-from stocksync_dagster import trading_calendar
 from stocksync_dagster.cli.instance import open_instance
 from stocksync_dagster.cli.runs import first_failure, materialize_range
-from stocksync_dagster.errors import ConfigError, StocksyncError
-from stocksync_dagster.settings import Settings
-from stocksync_dagster.warehouse import Warehouse
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.errors import ConfigError, StocksyncError
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.warehouse import Warehouse
 
 
 def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[str]) -> None:
-    from stocksync_dagster.definitions import defs, trading_days
+    from stocksync_dagster.definitions import defs
+    from stocksync_dagster.defs.market.partitions import trading_days
 
     if settings.source == "tushare" and not settings.tushare_tokens:
         raise ConfigError("TUSHARE_TOKEN", "not set", "required for STOCKSYNC_SOURCE=tushare")

@@ -6,7 +6,6 @@ import time
 
 import click
 
-from stocksync_dagster import trading_calendar
 from stocksync_dagster.cli.instance import open_instance
 from stocksync_dagster.cli.runs import (
     QUIET,
@@ -14,11 +13,12 @@ from stocksync_dagster.cli.runs import (
     materialize_range,
     materialize_unpartitioned,
 )
-from stocksync_dagster.errors import StocksyncError
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.errors import StocksyncError
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.core.warehouse.queries import table_summary
 from stocksync_dagster.resources import DemoSourceResource, build_warehouse_resource
-from stocksync_dagster.settings import Settings
-from stocksync_dagster.warehouse import Warehouse
-from stocksync_dagster.warehouse.queries import table_summary
 
 
 def run_demo(settings: Settings, days: int, stocks: int) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import click
 
-from stocksync_dagster.errors import StocksyncError
-from stocksync_dagster.settings import Settings, redact_url
-from stocksync_dagster.warehouse import Warehouse
+from stocksync_dagster.core.errors import StocksyncError
+from stocksync_dagster.core.settings import Settings, redact_url
+from stocksync_dagster.core.warehouse import Warehouse
 
 SOURCE_TIMEOUT_SECONDS = 30
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from stocksync_dagster.settings import STATE_DIR
+from stocksync_dagster.core.settings import STATE_DIR
 
 # Used when the CLI runs outside the project directory (no ./dagster.yaml to copy).
 _MINIMAL_INSTANCE_CONFIG = """\

@@ -10,8 +10,8 @@ import warnings
 
 import click
 
-from stocksync_dagster.errors import ConfigError, StocksyncError
-from stocksync_dagster.settings import Settings
+from stocksync_dagster.core.errors import ConfigError, StocksyncError
+from stocksync_dagster.core.settings import Settings
 
 
 def _settings() -> Settings:

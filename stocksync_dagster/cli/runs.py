@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from stocksync_dagster.jobs import MARKET_ASSETS, REFERENCE_ASSETS, range_tags
+from stocksync_dagster.defs.market.jobs import range_tags
+
+MARKET_ASSETS = ("daily_bars", "adj_factor")
+REFERENCE_ASSETS = ("trade_calendar", "stock_basic")
 
 QUIET = "WARNING"
 

@@ -7,9 +7,9 @@ import dagster as dg
 import pandas as pd
 
 from stocksync_dagster.cli.instance import open_instance
-from stocksync_dagster.settings import Settings
-from stocksync_dagster.warehouse import Warehouse
-from stocksync_dagster.warehouse.queries import failure_summary
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.core.warehouse.queries import failure_summary
 
 
 def partition_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> pd.DataFrame:

@@ -9,8 +9,8 @@ import abc
 
 import dagster as dg
 
-from stocksync_dagster.settings import Settings
-from stocksync_dagster.sources.base import MarketSource
+from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.sources.base import MarketSource
 
 
 class MarketSourceResource(dg.ConfigurableResource, abc.ABC):
@@ -27,7 +27,7 @@ class DemoSourceResource(MarketSourceResource):
     seed: int = 42
 
     def open(self) -> MarketSource:
-        from stocksync_dagster.sources.demo import DemoSource
+        from stocksync_dagster.core.sources.demo import DemoSource
 
         return DemoSource(n_stocks=self.stocks, seed=self.seed)
 
@@ -42,7 +42,7 @@ class BaostockSourceResource(MarketSourceResource):
     backoff_seconds: float = 1.0
 
     def open(self) -> MarketSource:
-        from stocksync_dagster.sources.baostock import BaostockSource
+        from stocksync_dagster.core.sources.baostock import BaostockSource
 
         return BaostockSource(
             server=self.server,
@@ -64,8 +64,8 @@ class TushareSourceResource(MarketSourceResource):
     call_timeout_seconds: float = 30.0
 
     def open(self) -> MarketSource:
-        from stocksync_dagster.settings import parse_tokens
-        from stocksync_dagster.sources.tushare import TushareSource
+        from stocksync_dagster.core.settings import parse_tokens
+        from stocksync_dagster.core.sources.tushare import TushareSource
 
         return TushareSource(
             tokens=parse_tokens(self.tokens),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from stocksync_dagster.settings import Settings, validate_database_url
-from stocksync_dagster.warehouse import Warehouse
+from stocksync_dagster.core.settings import Settings, validate_database_url
+from stocksync_dagster.core.warehouse import Warehouse
 
 _warehouses: dict[str, Warehouse] = {}
 

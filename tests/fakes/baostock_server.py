@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from stocksync_dagster import trading_calendar
-from stocksync_dagster.codes import to_baostock
-from stocksync_dagster.sources.demo_market import DemoMarket
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.codes import to_baostock
+from stocksync_dagster.core.sources.demo_market import DemoMarket
 
 VERSION = "00.9.40"
 SEP = "\x01"

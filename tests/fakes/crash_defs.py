@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from stocksync_dagster import sync
+from stocksync_dagster.core import sync
 from stocksync_dagster.definitions import defs
 
 _upsert_frame = sync.upsert_frame

@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from stocksync_dagster.sources.demo_market import DEFAULT_ORIGIN, DemoMarket
+from stocksync_dagster.core.sources.demo_market import DEFAULT_ORIGIN, DemoMarket
 
 RATE_LIMIT_MESSAGE = "抱歉，您每分钟最多访问该接口{n}次，权限的具体详情访问：https://tushare.pro/document/1?doc_id=108。"
 NO_PERMISSION_MESSAGE = (

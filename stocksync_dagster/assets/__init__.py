@@ -1,1 +1,0 @@
-"""Software-defined assets: reference data and the trading-day partitioned market tables."""

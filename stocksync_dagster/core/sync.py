@@ -1,0 +1,161 @@
+"""The work behind the market assets: fetch a date range, validate, write it in one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import sqlalchemy as sa
+
+from stocksync_dagster.core.errors import TooManyFailuresError
+from stocksync_dagster.core.sources.base import FetchFailure, FetchResult, MarketSource, RejectedRow
+from stocksync_dagster.core.validation import validate_bars, validate_factors
+from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, failures, schema
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MarketDataset:
+    """How one market asset is fetched, validated and stored."""
+
+    asset: str
+    table: sa.Table
+    fetch: Callable[[MarketSource, dt.date, dt.date, Sequence[str] | None], FetchResult]
+    validate: Callable[[pd.DataFrame, dt.date, dt.date], tuple[pd.DataFrame, list[RejectedRow]]]
+
+
+DAILY_BARS = MarketDataset(
+    "daily_bars", schema.daily_bar, lambda s, a, b, c: s.daily_bars(a, b, c), validate_bars
+)
+ADJ_FACTOR = MarketDataset(
+    "adj_factor", schema.adj_factor, lambda s, a, b, c: s.adj_factors(a, b, c), validate_factors
+)
+
+
+@dataclass
+class SyncReport:
+    """What one range sync did; becomes the materialization's metadata."""
+
+    asset: str
+    start: dt.date
+    end: dt.date
+    open_days: list[dt.date]
+    frame: pd.DataFrame
+    stats: UpsertStats
+    failures: list[FetchFailure] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    failure_rows: int = 0
+    resolved_rows: int = 0
+    calls: int = 0
+    fetch_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    @property
+    def market_open(self) -> bool:
+        return bool(self.open_days)
+
+    @property
+    def failed_codes(self) -> set[str]:
+        return {f.code for f in self.failures if f.code is not None}
+
+    @property
+    def failed_days(self) -> set[dt.date]:
+        return {
+            d
+            for f in self.failures
+            if f.code is None
+            for d in self.open_days
+            if f.start <= d <= f.end
+        }
+
+    def rows_per_day(self) -> pd.Series:
+        counts = (
+            self.frame.groupby("trade_date").size() if len(self.frame) else pd.Series(dtype=int)
+        )
+        return counts.reindex(self.open_days, fill_value=0)
+
+
+def open_days_between(source: MarketSource, start: dt.date, end: dt.date) -> list[dt.date]:
+    """The days in [start, end] the source's own calendar says were open."""
+    cal = source.trade_calendar(start, end)
+    return sorted(d for d, is_open in zip(cal["cal_date"], cal["is_open"], strict=True) if is_open)
+
+
+def sync_market_range(
+    dataset: MarketDataset,
+    source: MarketSource,
+    warehouse: Warehouse,
+    start: dt.date,
+    end: dt.date,
+    codes: Sequence[str] | None = None,
+    max_failed_share: float = 0.05,
+    max_retries: int = failures.DEFAULT_MAX_RETRIES,
+) -> SyncReport:
+    """Fetch [start, end] in one range call, validate, and write it in one transaction.
+
+    Raises TooManyFailuresError after writing when more than `max_failed_share` of the stocks
+    (or any whole open day) could not be fetched, so Dagster's retry policy takes over.
+    """
+    started = time.monotonic()
+    open_days = open_days_between(source, start, end)
+    if not open_days:
+        result = FetchResult(frame=pd.DataFrame(columns=[c.name for c in dataset.table.columns]))
+    else:
+        result = dataset.fetch(source, open_days[0], open_days[-1], codes)
+    fetched = time.monotonic()
+    good, rejected = dataset.validate(result.frame, start, end)
+    rejected = [*result.rejected, *rejected]
+    result.frame = result.frame.iloc[:0]  # a year of the market: free the raw copy before writing
+    with warehouse.begin() as connection:
+        stats = upsert_frame(connection, dataset.table, good)
+        failure_rows = failures.record_failures(
+            connection, dataset.asset, result.failures, open_days, max_retries
+        )
+        resolved_rows = failures.resolve_failures(
+            connection, dataset.asset, start, end, codes, result.failures
+        )
+        failures.record_rejections(connection, dataset.asset, start, end, rejected, codes)
+    report = SyncReport(
+        asset=dataset.asset,
+        start=start,
+        end=end,
+        open_days=open_days,
+        frame=good,
+        stats=stats,
+        failures=result.failures,
+        rejected=rejected,
+        failure_rows=failure_rows,
+        resolved_rows=resolved_rows,
+        calls=result.calls,
+        fetch_seconds=fetched - started,
+        write_seconds=time.monotonic() - fetched,
+    )
+    _raise_if_too_many_failures(report, max_failed_share)
+    return report
+
+
+def _raise_if_too_many_failures(report: SyncReport, max_failed_share: float) -> None:
+    fetched_codes = report.frame["code"].unique()
+    universe = len(fetched_codes) + len(report.failed_codes.difference(fetched_codes))
+    share = len(report.failed_codes) / universe if universe else 0.0
+    if report.failed_days or share > max_failed_share:
+        days = ", ".join(str(d) for d in sorted(report.failed_days)[:10])
+        raise TooManyFailuresError(
+            f"{report.asset} {report.start}..{report.end}: "
+            + (f"whole days could not be fetched ({days}); " if report.failed_days else "")
+            + f"{len(report.failed_codes)} of {universe} stocks failed ({share:.1%} > "
+            f"max_failed_share {max_failed_share:.0%}). The rows that were fetched are written "
+            "and the failures are in sync_failure; the step fails so Dagster retries it."
+        )
+
+
+def sync_reference_table(table: sa.Table, frame: pd.DataFrame, warehouse: Warehouse) -> UpsertStats:
+    """Upsert a whole reference table (calendar, security master) in one transaction."""
+    with warehouse.begin() as connection:
+        return upsert_frame(connection, table, frame)

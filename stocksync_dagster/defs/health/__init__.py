@@ -1,0 +1,1 @@
+"""Health: asset checks over the warehouse, the health-check schedule and failure alerts."""

@@ -1,0 +1,79 @@
+"""The run-failure sensor that posts alerts to STOCKSYNC_ALERT_WEBHOOKS."""
+
+import re
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
+
+from stocksync_dagster.core.alerts import Alert, first_line, send_alert
+from stocksync_dagster.core.settings import current_settings
+from stocksync_dagster.defs.market.jobs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+
+_RETRY_WRAPPERS = {"RetryRequestedFromPolicy", "RetryRequested"}
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # dagster._core.errors.X: -> X:
+
+
+def run_partitions_text(tags: dict[str, str]) -> str:
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG]
+    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+        return f"{tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}"
+    return "- (unpartitioned)"
+
+
+def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequence[str]) -> Alert:
+    """What the webhooks are told about the failed run (never config, never URLs with secrets)."""
+    run = context.dagster_run
+    step_failures = context.get_step_failure_events()
+    if run.asset_selection:
+        assets = tuple(sorted(k.to_user_string() for k in run.asset_selection))
+    else:
+        assets = tuple(sorted({e.step_key for e in step_failures if e.step_key}))
+    error_event = next(
+        (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
+    )
+    if error_event is not None:
+        error = error_event.step_failure_data.error
+        # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
+        # own errors say what to do; their library causes do not).
+        while error.cause is not None and _is_dagster_wrapper(error):
+            error = error.cause
+        message = _MODULE_PATH.sub("", error.message)
+    else:
+        message = context.failure_event.message or "run failed"
+    return Alert(
+        job=run.job_name,
+        run_id=run.run_id,
+        assets=assets,
+        partitions=run_partitions_text(dict(run.tags)),
+        error=first_line(message, secrets),
+        run_url=f"{ui_url.rstrip('/')}/runs/{run.run_id}",
+    )
+
+
+def _is_dagster_wrapper(error: SerializableErrorInfo) -> bool:
+    """Dagster's own wrappers ("Error occurred while executing...", "Exceeded max_retries")."""
+    name = error.cls_name
+    return name is None or name.startswith("Dagster") or name in _RETRY_WRAPPERS
+
+
+_settings = current_settings()
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+
+
+@dg.run_failure_sensor(
+    name="failure_alert_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
+def failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
+    """Posts every failed run (asset, partitions, error, link) to STOCKSYNC_ALERT_WEBHOOKS."""
+    if not _settings.alert_webhooks:
+        context.log.info("no STOCKSYNC_ALERT_WEBHOOKS configured; not alerting")
+        return
+    alert = alert_for(context, _settings.ui_url, _settings.tushare_tokens)
+    delivered = send_alert(alert, _settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS)
+    context.log.info(
+        f"alert for run {alert.run_id} delivered to {delivered}/{len(_settings.alert_webhooks)}"
+    )

@@ -1,0 +1,105 @@
+"""Market assets partitioned by trading day: unadjusted daily bars and adjustment factors."""
+
+import dagster as dg
+
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
+from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
+from stocksync_dagster.defs.metadata import sync_metadata
+from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
+from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
+
+MARKET_GROUP = "market"
+
+
+class MarketSyncConfig(dg.Config):
+    """Run settings for a market sync (editable in the Launchpad)."""
+
+    lookback_days: int = 0
+    """Also re-fetch this many trading days before the partition (late or partial data heals)."""
+    codes: list[str] | None = None
+    """Only these stocks (repairs of `sync_failure`); empty = the whole market."""
+    max_failed_share: float = 0.05
+    """Fail the step (so it is retried) when more than this share of stocks could not be fetched."""
+    max_retries: int = 5
+    """A stock failing this many times in a row is marked `abandoned` in `sync_failure`."""
+
+
+def _sync(
+    dataset: MarketDataset,
+    context: dg.AssetExecutionContext,
+    config: MarketSyncConfig,
+    source: MarketSourceResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    days = keys_to_dates(context.partition_keys)
+    start, end = days[0], days[-1]
+    for _ in range(config.lookback_days):
+        start = trading_calendar.previous_trading_day(start)
+    scope = f"{len(config.codes)} stocks" if config.codes else "the whole market"
+    context.log.info(
+        f"{dataset.asset}: fetching {start}..{end} ({len(days)} partitions) for {scope}"
+    )
+    with source.open() as src:
+        report = sync_market_range(
+            dataset,
+            src,
+            warehouse.get(),
+            start,
+            end,
+            config.codes,
+            config.max_failed_share,
+            config.max_retries,
+        )
+    context.log.info(
+        f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
+        f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write; "
+        f"{report.stats.inserted} new, {report.stats.updated} changed, "
+        f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
+    )
+    return dg.MaterializeResult(metadata=sync_metadata(report))
+
+
+_COMMON = {
+    "group_name": MARKET_GROUP,
+    "kinds": {"sql"},
+    "partitions_def": trading_days,
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "pool": SOURCE_POOL,
+    "op_tags": SOURCE_OP_TAGS,
+    "retry_policy": source_retry_policy(),
+    "deps": ["trade_calendar", "stock_basic"],
+}
+
+
+@dg.asset(**_COMMON)
+def daily_bars(
+    context: dg.AssetExecutionContext,
+    config: MarketSyncConfig,
+    source: MarketSourceResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Unadjusted daily OHLCV of every stock that traded that day (table `daily_bar`).
+
+    Prices in CNY, volume in shares, amount in CNY, pct_chg in percent. Suspended stocks
+    have no row. A range (backfill) run fetches the whole range at once.
+    """
+    return _sync(DAILY_BARS, context, config, source, warehouse)
+
+
+@dg.asset(**_COMMON)
+def adj_factor(
+    context: dg.AssetExecutionContext,
+    config: MarketSyncConfig,
+    source: MarketSourceResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Cumulative adjustment factor per stock and traded day (table `adj_factor`).
+
+    hfq price = raw x adj_factor; qfq = raw x adj_factor / the latest factor
+    (views `daily_bar_hfq` and `daily_bar_qfq`).
+    """
+    return _sync(ADJ_FACTOR, context, config, source, warehouse)
+
+
+MARKET_ASSETS = (daily_bars, adj_factor)

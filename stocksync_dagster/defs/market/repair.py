@@ -1,0 +1,123 @@
+"""The repair sensor (补拉): re-fetch only the stocks open in `sync_failure`, on their dates."""
+
+import datetime as dt
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.warehouse.failures import DEFAULT_MAX_RETRIES, open_failures
+from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
+from stocksync_dagster.defs.market.inflight import unfinished_runs
+from stocksync_dagster.defs.market.jobs import (
+    TRIGGER_TAG,
+    market_run_config,
+    market_sync,
+    range_tags,
+)
+from stocksync_dagster.resources import WarehouseResource
+
+REPAIR_TRIGGER = "repair-sensor"
+REPAIR_ASSET_TAG = "stocksync/repair_asset"
+MAX_ATTEMPTS = DEFAULT_MAX_RETRIES  # then a row is `abandoned`
+MAX_RUNS_PER_TICK = 3
+
+
+@dataclass(frozen=True)
+class RepairGroup:
+    """Open failures of one asset on consecutive trading days: one run re-fetches them."""
+
+    asset: str
+    start: dt.date
+    end: dt.date
+    codes: tuple[str, ...] | None  # None: a whole day failed, re-fetch the whole market
+    attempts: int  # sum of retry_count: changes after every attempt, so it keys the run
+
+    @property
+    def run_key(self) -> str:
+        scope = "market" if self.codes is None else f"{len(self.codes)}stocks"
+        return f"repair:{self.asset}:{self.start}:{self.end}:{scope}:{self.attempts}"
+
+
+def group_failures(frame: pd.DataFrame, max_days: int = 20) -> list[RepairGroup]:
+    """Open `sync_failure` rows -> groups per asset, whole-day or per-stock, consecutive days."""
+    groups: list[RepairGroup] = []
+    if frame.empty:
+        return groups
+    frame = frame.assign(whole=frame["code"] == WHOLE_DAY)
+    for (asset, whole), rows in frame.groupby(["asset", "whole"], sort=True):
+        days = sorted(set(rows["trade_date"]))
+        runs: list[list[dt.date]] = []
+        for day in days:
+            follows = bool(runs) and trading_calendar.previous_trading_day(day) == runs[-1][-1]
+            if follows and len(runs[-1]) < max_days:
+                runs[-1].append(day)
+            else:
+                runs.append([day])
+        for run in runs:
+            part = rows[rows["trade_date"].isin(run)]
+            codes = None if whole else tuple(sorted(set(part["code"])))
+            groups.append(
+                RepairGroup(str(asset), run[0], run[-1], codes, int(part["retry_count"].sum()))
+            )
+    return groups
+
+
+@dg.sensor(
+    name="repair_sensor",
+    job=market_sync,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def repair_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+) -> dg.SensorResult:
+    """Re-fetches the stocks open (pending/retrying) in sync_failure, only on their dates.
+
+    Each failed attempt raises the rows' retry_count; at `MAX_ATTEMPTS` they become
+    `abandoned` and are not requested again (see `stocksync status`).
+    """
+    with warehouse.get().connect() as connection:
+        frame = open_failures(connection)
+        abandoned = open_failures(connection, statuses=("abandoned",))
+    busy = {
+        run.tags.get(REPAIR_ASSET_TAG)
+        for run in unfinished_runs(context.instance, {TRIGGER_TAG: REPAIR_TRIGGER})
+    }
+    groups = [g for g in group_failures(frame) if g.asset not in busy][:MAX_RUNS_PER_TICK]
+    requests = []
+    for group in groups:
+        config = market_run_config(
+            [group.asset],
+            codes=list(group.codes) if group.codes else None,
+            max_retries=MAX_ATTEMPTS,
+        )
+        stocks = "whole market" if group.codes is None else f"{len(group.codes)} stocks"
+        requests.append(
+            dg.RunRequest(
+                run_key=group.run_key,
+                asset_selection=[dg.AssetKey(group.asset)],
+                run_config=config,
+                tags={
+                    **range_tags(group.start.isoformat(), group.end.isoformat()),
+                    TRIGGER_TAG: REPAIR_TRIGGER,
+                    REPAIR_ASSET_TAG: group.asset,
+                    "stocksync/repair_stocks": stocks,
+                },
+            )
+        )
+        context.log.info(f"repair {group.asset} {group.start}..{group.end}: {stocks}")
+    if len(abandoned):
+        context.log.warning(
+            f"{len(abandoned)} sync_failure rows abandoned after {MAX_ATTEMPTS} attempts "
+            "(not retried; `stocksync status` lists them)"
+        )
+    skip = None
+    if not requests:
+        skip = (
+            f"{len(frame)} open failures, repairs already running"
+            if len(frame)
+            else f"no open sync failures ({len(abandoned)} abandoned)"
+        )
+    return dg.SensorResult(run_requests=requests, skip_reason=skip)

@@ -1,0 +1,26 @@
+"""Retry and concurrency policies shared by every asset that talks to a source."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from stocksync_dagster.core.settings import current_settings
+
+# Steps that call the source share this pool: `dagster instance concurrency set source N`
+# (or `concurrency.pools` in dagster.yaml) bounds how many hit the source at once.
+SOURCE_POOL = "market_source"
+# With the Celery executor (executors.py) source steps go to this queue: the number of workers
+# consuming it bounds the load on the source. Other executors ignore the tag.
+SOURCE_OP_TAGS = {"dagster-celery/queue": "source"}
+
+
+def source_retry_policy() -> dg.RetryPolicy:
+    """Exponential backoff with jitter: 30 s, ~60 s, ~120 s by default
+    (STOCKSYNC_SOURCE_RETRIES, STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS)."""
+    settings = current_settings()
+    return dg.RetryPolicy(
+        max_retries=settings.source_retries,
+        delay=settings.source_retry_delay_seconds,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )

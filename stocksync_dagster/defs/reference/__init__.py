@@ -1,0 +1,1 @@
+"""Reference data: the exchange calendar and the security master."""

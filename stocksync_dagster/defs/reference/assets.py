@@ -1,0 +1,79 @@
+"""Reference assets: the exchange calendar and the security master (unpartitioned snapshots)."""
+
+import datetime as dt
+
+import dagster as dg
+
+from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.settings import current_settings
+from stocksync_dagster.core.sync import sync_reference_table
+from stocksync_dagster.core.warehouse import schema
+from stocksync_dagster.defs.metadata import preview, upsert_metadata
+from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
+from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
+
+REFERENCE_GROUP = "reference"
+_COMMON = {
+    "group_name": REFERENCE_GROUP,
+    "kinds": {"sql"},
+    "pool": SOURCE_POOL,
+    "op_tags": SOURCE_OP_TAGS,
+    "retry_policy": source_retry_policy(),
+}
+
+
+@dg.asset(**_COMMON)
+def trade_calendar(
+    context: dg.AssetExecutionContext,
+    source: MarketSourceResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """SSE/SZSE trading calendar (open and closed days) from the first partition to year end.
+
+    Table `trade_calendar(cal_date, is_open)`.
+    """
+    end = dt.date(trading_calendar.shanghai_now().year, 12, 31)
+    with source.open() as src:
+        frame = src.trade_calendar(current_settings().start_date, end)
+    stats = sync_reference_table(schema.trade_calendar, frame, warehouse.get())
+    open_days = int(frame["is_open"].sum())
+    context.log.info(
+        f"calendar {current_settings().start_date}..{end}: {open_days} open days of {len(frame)}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **upsert_metadata(stats),
+            "first_day": str(current_settings().start_date),
+            "last_day": str(end),
+            "open_days": open_days,
+            "closed_days": len(frame) - open_days,
+        }
+    )
+
+
+@dg.asset(**_COMMON)
+def stock_basic(
+    context: dg.AssetExecutionContext,
+    source: MarketSourceResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Security master: code, name, exchange, board, list/delist dates, status, ST flag.
+
+    A current snapshot of every stock the source knows (listed and delisted), refreshed in
+    full on each run; list and delist dates carry the history. Table `stock_basic`.
+    """
+    with source.open() as src:
+        frame = src.stock_basic()
+    stats = sync_reference_table(schema.stock_basic, frame, warehouse.get())
+    context.log.info(f"stock_basic: {len(frame)} stocks")
+    by_board = frame.groupby(["exchange", "board", "status"]).size().rename("stocks").reset_index()
+    return dg.MaterializeResult(
+        metadata={
+            **upsert_metadata(stats),
+            "stocks": len(frame),
+            "listed": int((frame["status"] == "listed").sum()),
+            "delisted": int((frame["status"] == "delisted").sum()),
+            "by_board": dg.MetadataValue.md(by_board.to_markdown(index=False)),
+            "preview": preview(frame),
+        }
+    )
