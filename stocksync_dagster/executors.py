@@ -21,7 +21,7 @@ import dagster as dg
 from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import redact_url
 
-EXECUTORS = ("multiprocess", "celery")
+EXECUTORS = ("multiprocess", "in_process", "celery")
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")
 BACKEND_SCHEMES = ("rpc", "redis", "rediss")
 # A task is acknowledged only after the step ends: if its worker dies, the broker hands the
@@ -44,6 +44,8 @@ def executor_from_env(env: Mapping[str, str] | None = None) -> dg.ExecutorDefini
         )
     if name == "multiprocess":
         return None
+    if name == "in_process":
+        return dg.in_process_executor
     # Both required (no defaults): the workers read the same variables (deploy/celery/worker.yaml).
     broker = _validated_url(
         env, "STOCKSYNC_CELERY_BROKER", BROKER_SCHEMES, "e.g. pyamqp://user:password@host:5672//"
