@@ -134,15 +134,17 @@ def test_a_closed_day_inside_a_range_run_says_so_on_its_own_partition(sqlite_url
             assert "note" not in metadata
 
 
-def test_a_failed_stock_shows_on_the_day_it_failed_only(sqlite_url: str) -> None:
-    failed_day = dt.date(2025, 8, 7)
+def test_a_failed_stock_and_a_rejected_row_show_on_their_own_day_only(sqlite_url: str) -> None:
+    failed_day, bad_day = dt.date(2025, 8, 7), dt.date(2025, 8, 5)
 
     class LosesOneStockOneDay(DemoSource):
         def daily_bars(self, start, end, codes=None):  # type: ignore[no-untyped-def]
             result = super().daily_bars(start, end, codes)
-            day = result.frame[result.frame["trade_date"] == failed_day]
+            frame = result.frame.reset_index(drop=True)
+            day = frame[frame["trade_date"] == failed_day]
             lost = day["code"].iloc[0]
-            result.frame = result.frame.drop(day.index[:1])
+            frame.loc[frame.index[frame["trade_date"] == bad_day][0], "low"] = -1.0
+            result.frame = frame.drop(day.index[:1])
             result.failures.append(FetchFailure(lost, failed_day, failed_day, "SourceError", "x"))
             return result
 
@@ -163,8 +165,12 @@ def test_a_failed_stock_shows_on_the_day_it_failed_only(sqlite_url: str) -> None
     assert {k: m["failed_stocks"] for k, m in by_day.items()} == {
         k: int(k == failed_day.isoformat()) for k in WEEK
     }
+    assert {k: m["rejected_rows"] for k, m in by_day.items()} == {
+        k: int(k == bad_day.isoformat()) for k in WEEK
+    }
     assert by_day[failed_day.isoformat()]["failed_codes"]
-    assert by_day[WEEK[0]]["run_failed_stocks"] == 1
+    assert "low" in str(by_day[bad_day.isoformat()]["rejected_reasons"])
+    assert by_day[WEEK[0]]["run_failed_stocks"] == 1 and by_day[WEEK[0]]["run_rejected_rows"] == 1
 
 
 def test_a_repair_of_two_codes_keeps_the_days_full_row_count(sqlite_url: str) -> None:

@@ -48,7 +48,6 @@ class DayFigures:
     """Rows the day holds in the warehouse after the write (not what was fetched)."""
     rows_fetched: int
     failed_codes: frozenset[str]
-    whole_day_failed: bool
     rejected: tuple[RejectedRow, ...]
 
 
@@ -104,7 +103,6 @@ class SyncReport:
         undated rows included), since that day's fetch returned them."""
         open_days = set(self.open_days)
         fetched = self.rows_per_day()
-        whole_day_failed = self.failed_days
         return [
             DayFigures(
                 day=day,
@@ -114,7 +112,6 @@ class SyncReport:
                 failed_codes=frozenset(
                     f.code for f in self.failures if f.code is not None and f.start <= day <= f.end
                 ),
-                whole_day_failed=day in whole_day_failed,
                 rejected=tuple(
                     self.rejected
                     if len(days) == 1

@@ -143,9 +143,6 @@ def day_metadata(
         metadata["note"] = (
             f"the source's calendar says the market was closed on {figures.day}: zero rows"
         )
-    if figures.whole_day_failed:
-        metadata["day_failed"] = True
-        metadata["note"] = "the whole day could not be fetched: see sync_failure"
     if figures.failed_codes:
         metadata["failed_codes"] = _listed(list(figures.failed_codes))
     if figures.rejected:

@@ -1,5 +1,7 @@
 """Market assets partitioned by trading day: unadjusted daily bars and adjustment factors."""
 
+from typing import Any
+
 import dagster as dg
 
 from stocksync_dagster.core import trading_calendar
@@ -65,7 +67,7 @@ def _sync(
     return dg.MaterializeResult()
 
 
-_COMMON = {
+_COMMON: dict[str, Any] = {
     "group_name": MARKET_GROUP,
     "kinds": {"sql"},
     "partitions_def": trading_days,

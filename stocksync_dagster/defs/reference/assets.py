@@ -1,6 +1,7 @@
 """Reference assets: the exchange calendar and the security master (unpartitioned snapshots)."""
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -20,7 +21,7 @@ from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 
 REFERENCE_GROUP = "reference"
-_COMMON = {
+_COMMON: dict[str, Any] = {
     "group_name": REFERENCE_GROUP,
     "kinds": {"sql"},
     "pool": SOURCE_POOL,
