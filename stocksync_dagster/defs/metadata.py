@@ -61,7 +61,7 @@ def table_metadata(table: sa.Table) -> dict[str, Any]:
 
 def _plain(value: object) -> str | int | float | bool | None:
     """A cell the UI shows as written: ISO dates, plain numbers, no NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, (dt.date, pd.Timestamp)):
         return value.isoformat()
