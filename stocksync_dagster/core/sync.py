@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from stocksync_dagster.core.errors import TooManyFailuresError
 from stocksync_dagster.core.sources.base import FetchFailure, FetchResult, MarketSource, RejectedRow
 from stocksync_dagster.core.validation import validate_bars, validate_factors
-from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, failures, schema
+from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, counts, failures, schema
 from stocksync_dagster.core.warehouse.upsert import upsert_frame
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,22 @@ ADJ_FACTOR = MarketDataset(
 )
 
 
+@dataclass(frozen=True)
+class DayFigures:
+    """One day of a range sync: what that day's partition reports as its own."""
+
+    day: dt.date
+    market_open: bool
+    rows_stored: int
+    """Rows the day holds in the warehouse after the write (not what was fetched)."""
+    rows_fetched: int
+    failed_codes: frozenset[str]
+    rejected: tuple[RejectedRow, ...]
+
+
 @dataclass
 class SyncReport:
-    """What one range sync did; becomes the materialization's metadata."""
+    """What one range sync did; becomes the materializations' metadata."""
 
     asset: str
     start: dt.date
@@ -55,6 +68,10 @@ class SyncReport:
     calls: int = 0
     fetch_seconds: float = 0.0
     write_seconds: float = 0.0
+    codes: tuple[str, ...] | None = None
+    """The only stocks fetched (a repair), or None for the whole market."""
+    stored_rows: dict[dt.date, int] = field(default_factory=dict)
+    """Rows per day in the warehouse after the write, over [start, end]."""
 
     @property
     def market_open(self) -> bool:
@@ -79,6 +96,30 @@ class SyncReport:
             self.frame.groupby("trade_date").size() if len(self.frame) else pd.Series(dtype=int)
         )
         return counts.reindex(self.open_days, fill_value=0)
+
+    def breakdown(self, days: Sequence[dt.date]) -> list[DayFigures]:
+        """Each of `days` on its own. A rejected row belongs to the day it is dated; when only
+        one day is asked for, every rejected row of the sync belongs to it (out-of-range or
+        undated rows included), since that day's fetch returned them."""
+        open_days = set(self.open_days)
+        fetched = self.rows_per_day()
+        return [
+            DayFigures(
+                day=day,
+                market_open=day in open_days,
+                rows_stored=self.stored_rows.get(day, 0),
+                rows_fetched=int(fetched.get(day, 0)),
+                failed_codes=frozenset(
+                    f.code for f in self.failures if f.code is not None and f.start <= day <= f.end
+                ),
+                rejected=tuple(
+                    self.rejected
+                    if len(days) == 1
+                    else (r for r in self.rejected if r.trade_date == day)
+                ),
+            )
+            for day in days
+        ]
 
 
 def open_days_between(source: MarketSource, start: dt.date, end: dt.date) -> list[dt.date]:
@@ -121,6 +162,7 @@ def sync_market_range(
             connection, dataset.asset, start, end, codes, result.failures
         )
         failures.record_rejections(connection, dataset.asset, start, end, rejected, codes)
+        stored_rows = counts.rows_per_day(connection, dataset.table, start, end)
     report = SyncReport(
         asset=dataset.asset,
         start=start,
@@ -135,6 +177,8 @@ def sync_market_range(
         calls=result.calls,
         fetch_seconds=fetched - started,
         write_seconds=time.monotonic() - fetched,
+        codes=tuple(codes) if codes is not None else None,
+        stored_rows=stored_rows,
     )
     _raise_if_too_many_failures(report, max_failed_share)
     return report

@@ -1,11 +1,14 @@
 """Market assets partitioned by trading day: unadjusted daily bars and adjustment factors."""
 
+from typing import Any
+
 import dagster as dg
 
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
+from stocksync_dagster.core.warehouse import schema
 from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
-from stocksync_dagster.defs.metadata import sync_metadata
+from stocksync_dagster.defs.metadata import partition_metadata, run_metadata, table_metadata
 from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 
@@ -57,10 +60,14 @@ def _sync(
         f"{report.stats.inserted} new, {report.stats.updated} changed, "
         f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
     )
-    return dg.MaterializeResult(metadata=sync_metadata(report))
+    # One materialization per partition: its own day's figures first, then the run's (run_*).
+    run = run_metadata(report, days)
+    for key, metadata in partition_metadata(report, days, dataset.table).items():
+        context.add_asset_metadata({**metadata, **run}, partition_key=key)
+    return dg.MaterializeResult()
 
 
-_COMMON = {
+_COMMON: dict[str, Any] = {
     "group_name": MARKET_GROUP,
     "kinds": {"sql"},
     "partitions_def": trading_days,
@@ -72,7 +79,7 @@ _COMMON = {
 }
 
 
-@dg.asset(**_COMMON)
+@dg.asset(**_COMMON, metadata=table_metadata(schema.daily_bar))
 def daily_bars(
     context: dg.AssetExecutionContext,
     config: MarketSyncConfig,
@@ -87,7 +94,7 @@ def daily_bars(
     return _sync(DAILY_BARS, context, config, source, warehouse)
 
 
-@dg.asset(**_COMMON)
+@dg.asset(**_COMMON, metadata=table_metadata(schema.adj_factor))
 def adj_factor(
     context: dg.AssetExecutionContext,
     config: MarketSyncConfig,

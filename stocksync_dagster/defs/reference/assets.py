@@ -1,19 +1,27 @@
 """Reference assets: the exchange calendar and the security master (unpartitioned snapshots)."""
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.core.sync import sync_reference_table
-from stocksync_dagster.core.warehouse import schema
-from stocksync_dagster.defs.metadata import preview, upsert_metadata
+from stocksync_dagster.core.warehouse import Warehouse, counts, schema
+from stocksync_dagster.defs.metadata import (
+    ROW_COUNT,
+    frame_table,
+    preview,
+    table_metadata,
+    upsert_metadata,
+)
 from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 
 REFERENCE_GROUP = "reference"
-_COMMON = {
+_COMMON: dict[str, Any] = {
     "group_name": REFERENCE_GROUP,
     "kinds": {"sql"},
     "pool": SOURCE_POOL,
@@ -22,7 +30,12 @@ _COMMON = {
 }
 
 
-@dg.asset(**_COMMON)
+def _stored_rows(warehouse: Warehouse, table: sa.Table) -> int:
+    with warehouse.connect() as connection:
+        return counts.row_count(connection, table)
+
+
+@dg.asset(**_COMMON, metadata=table_metadata(schema.trade_calendar))
 def trade_calendar(
     context: dg.AssetExecutionContext,
     source: MarketSourceResource,
@@ -36,12 +49,14 @@ def trade_calendar(
     with source.open() as src:
         frame = src.trade_calendar(current_settings().start_date, end)
     stats = sync_reference_table(schema.trade_calendar, frame, warehouse.get())
+    stored = _stored_rows(warehouse.get(), schema.trade_calendar)
     open_days = int(frame["is_open"].sum())
     context.log.info(
         f"calendar {current_settings().start_date}..{end}: {open_days} open days of {len(frame)}"
     )
     return dg.MaterializeResult(
         metadata={
+            ROW_COUNT: stored,
             **upsert_metadata(stats),
             "first_day": str(current_settings().start_date),
             "last_day": str(end),
@@ -51,7 +66,7 @@ def trade_calendar(
     )
 
 
-@dg.asset(**_COMMON)
+@dg.asset(**_COMMON, metadata=table_metadata(schema.stock_basic))
 def stock_basic(
     context: dg.AssetExecutionContext,
     source: MarketSourceResource,
@@ -65,15 +80,17 @@ def stock_basic(
     with source.open() as src:
         frame = src.stock_basic()
     stats = sync_reference_table(schema.stock_basic, frame, warehouse.get())
+    stored = _stored_rows(warehouse.get(), schema.stock_basic)
     context.log.info(f"stock_basic: {len(frame)} stocks")
     by_board = frame.groupby(["exchange", "board", "status"]).size().rename("stocks").reset_index()
     return dg.MaterializeResult(
         metadata={
+            ROW_COUNT: stored,
             **upsert_metadata(stats),
             "stocks": len(frame),
             "listed": int((frame["status"] == "listed").sum()),
             "delisted": int((frame["status"] == "delisted").sum()),
-            "by_board": dg.MetadataValue.md(by_board.to_markdown(index=False)),
-            "preview": preview(frame),
+            "by_board": frame_table(by_board),
+            "preview": preview(frame, schema.stock_basic),
         }
     )
