@@ -312,7 +312,8 @@ def test_worker_settings_match_the_executor() -> None:
     assert config["config_source"] == dict(CELERY_SETTINGS)
     assert config["broker"] == {"env": "STOCKSYNC_CELERY_BROKER"}
     assert config["backend"] == {"env": "STOCKSYNC_CELERY_BACKEND"}
-    assert executor_from_env({}) is None  # the default stays Dagster's own
+    assert executor_from_env({}) is dg.in_process_executor  # one machine: one process per run
+    assert executor_from_env({"STOCKSYNC_EXECUTOR": "multiprocess"}) is None  # Dagster's own
 
 
 @pytest.mark.slow
