@@ -4,6 +4,7 @@ import dagster as dg
 
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
+from stocksync_dagster.defs.market.automation import GAP_FILL
 from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
 from stocksync_dagster.defs.metadata import sync_metadata
 from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
@@ -69,6 +70,7 @@ _COMMON = {
     "op_tags": SOURCE_OP_TAGS,
     "retry_policy": source_retry_policy(),
     "deps": ["trade_calendar", "stock_basic"],
+    "automation_condition": GAP_FILL,
 }
 
 
