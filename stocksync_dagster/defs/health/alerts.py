@@ -11,15 +11,16 @@ from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.defs.market.jobs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 _RETRY_WRAPPERS = {"RetryRequestedFromPolicy", "RetryRequested"}
-_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # dagster._core.errors.X: -> X:
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # package.module.Error: -> Error:
 
 
 class ErrorInfo(Protocol):
     """What alerts read of a step's error (Dagster's serializable error info)."""
 
-    cls_name: str | None
-    message: str
-
+    @property
+    def cls_name(self) -> str | None: ...
+    @property
+    def message(self) -> str: ...
     @property
     def cause(self) -> "ErrorInfo | None": ...
 
