@@ -8,16 +8,20 @@ import stocksync_dagster
 PACKAGE = Path(stocksync_dagster.__file__).parent
 
 
+def _is_private(node: ast.ImportFrom) -> bool:
+    module = node.module or ""
+    if module == "dagster":
+        return any(a.name.startswith("_") for a in node.names)
+    return module.startswith("dagster._")
+
+
 def private_dagster_imports(source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.startswith("dagster._")]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith("dagster._") or (
-                node.module == "dagster" and any(a.name.startswith("_") for a in node.names)
-            ):
-                found.append(node.module)
+        elif isinstance(node, ast.ImportFrom) and _is_private(node):
+            found.append(f"{node.module}")
     return found
 
 
