@@ -28,6 +28,7 @@ from tests.orchestration import (
 DAYS = [d.isoformat() for d in recent_trading_days(12)]
 BOTH = ("daily_bars", "adj_factor")
 KEYS = trading_days.get_partition_keys()  # STOCKSYNC_START_DATE .. the last settled day
+HISTORY, NEWEST = KEYS[:-1], KEYS[-1]  # the newest day is the schedules' (test_schedules.py)
 # A moment inside an hour, so "later in the hour" and "after the next hour" are unambiguous.
 NOW = dt.datetime.now(dt.UTC).replace(minute=10, second=0, microsecond=0)
 
@@ -115,21 +116,20 @@ def test_sensor_defaults_and_descriptions(defs: dg.Definitions) -> None:
     }
 
 
-def test_gap_automation_requests_every_missing_partition_and_no_reference_asset(
+def test_gap_automation_requests_all_missing_history_but_no_reference_asset_or_newest_day(
     defs: dg.Definitions,
 ) -> None:
     with dg.DagsterInstance.ephemeral() as instance:
         got, _ = gap_requests(defs, instance)
-    assert got == {"daily_bars": KEYS, "adj_factor": KEYS}  # from the first evaluation on
-    assert KEYS[-1] <= dt.date.today().isoformat()  # never a future day
+    assert got == {"daily_bars": HISTORY, "adj_factor": HISTORY}  # from the first evaluation
 
 
 def test_gap_automation_requests_missing_and_failed_but_not_materialized_or_in_flight(
     defs: dg.Definitions,
 ) -> None:
-    a, b, c, d, e = KEYS[-5:]
+    a, b, c, d, e = HISTORY[-5:]
     with dg.DagsterInstance.ephemeral() as instance:
-        mark_materialized(instance, KEYS[:-5])
+        mark_materialized(instance, HISTORY[:-5])
         assert materialize_range(defs, instance, a, a).success
         mark_materialized(instance, [b])
         # b was materialized; its last run (daily_bars only) failed: requested again.
@@ -141,9 +141,9 @@ def test_gap_automation_requests_missing_and_failed_but_not_materialized_or_in_f
 
 
 def test_gap_automation_requests_once_then_retries_the_next_hour(defs: dg.Definitions) -> None:
-    last = KEYS[-1]
+    last = HISTORY[-1]
     with dg.DagsterInstance.ephemeral() as instance:
-        mark_materialized(instance, KEYS[:-1])
+        mark_materialized(instance, [*HISTORY[:-1], NEWEST])
         first, result = gap_requests(defs, instance)
         assert first == {"daily_bars": [last], "adj_factor": [last]}
         # Later in the same hour (its backfill not seen yet): not requested a second time.

@@ -15,11 +15,14 @@ GAP_FILL = (
     # in_progress() is run_in_progress() | backfill_in_progress(): queued runs, running
     # runs and backfills (UI, CLI or this sensor) that still have to execute the partition.
     & ~dg.AutomationCondition.in_progress()
+    # The newest day belongs to the nightly and catch-up schedules: they fetch it at
+    # STOCKSYNC_NIGHTLY_AT (when the source has published) with the late-data look-back.
+    & ~dg.AutomationCondition.in_latest_time_window()
     & ~dg.AutomationCondition.newly_requested().since(
         dg.AutomationCondition.cron_tick_passed(RETRY_CRON, "Asia/Shanghai")
     )
-).with_label("missing or failed, not in flight, not requested this hour")
-"""Missing or failed, nothing in flight for it, and not already requested within the hour.
+).with_label("missing or failed, not in flight, not the newest day, not requested this hour")
+"""Missing or failed, nothing in flight for it, not the newest day, not requested this hour.
 
 Unlike `on_missing()`, partitions already missing at the first evaluation count: the whole
 history is filled. Upstream reference assets are not awaited or requested: a market range

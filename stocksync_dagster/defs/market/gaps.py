@@ -21,8 +21,8 @@ gap_automation_sensor = dg.AutomationConditionSensorDefinition(
     emit_backfills=True,
     run_tags={DATASOURCE_TAG: current_settings().source, TRIGGER_TAG: GAP_TRIGGER},
     description="Heals history: turn it on to let it fill itself. Every minute, requests the "
-    "daily_bars / adj_factor partitions (STOCKSYNC_START_DATE to the last closed trading day) "
-    "that are missing or whose last run failed, as one backfill of range runs. Partitions "
-    "already running or in a backfill are skipped; a failing partition is retried at most "
-    "once an hour.",
+    "daily_bars / adj_factor partitions from STOCKSYNC_START_DATE on that are missing or whose "
+    "last run failed, as one backfill of range runs. Skips partitions already running or in a "
+    "backfill, and the newest trading day (the nightly and morning schedules own it); a "
+    "failing partition is retried at most once an hour.",
 )
