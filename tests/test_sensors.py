@@ -1,6 +1,7 @@
 """Gap automation and repair sensors against a real instance and warehouse: exact requests."""
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -76,7 +77,9 @@ def add_unfinished_run(
     )
 
 
-def mark_materialized(instance: dg.DagsterInstance, keys: list[str], assets=BOTH) -> None:  # type: ignore[no-untyped-def]
+def mark_materialized(
+    instance: dg.DagsterInstance, keys: list[str], assets: tuple[str, ...] = BOTH
+) -> None:
     """Record materializations without running anything (as if an earlier sync did)."""
     for key in keys:
         for asset in assets:
@@ -87,8 +90,9 @@ def gap_requests(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     at: dt.datetime = NOW,
-    cursor=None,  # type: ignore[no-untyped-def]
-):  # -> (requested partitions per asset, result)
+    cursor: Any = None,
+) -> tuple[dict[str, list[str]], Any]:
+    """Requested partitions per asset (reference assets only when requested), and the result."""
     result = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, evaluation_time=at, cursor=cursor
     )
