@@ -23,11 +23,21 @@ class DownSourceResource(MarketSourceResource):
 
 def build_defs(warehouse_url: str, source: MarketSourceResource | None = None) -> dg.Definitions:
     """The project's definitions on the demo source (or `source`) and the warehouse at the URL."""
-    return project_defs.with_resources(
-        {
+    # `with_resources` merges and refuses keys the definitions already bind: rebuild instead.
+    return dg.Definitions(
+        assets=project_defs.assets,
+        asset_checks=project_defs.asset_checks,
+        jobs=project_defs.jobs,
+        schedules=project_defs.schedules,
+        sensors=project_defs.sensors,
+        executor=project_defs.executor,
+        loggers=project_defs.loggers,
+        metadata=project_defs.metadata,
+        resources={
+            **(project_defs.resources or {}),
             "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
             "warehouse": WarehouseResource(url=warehouse_url),
-        }
+        },
     )
 
 

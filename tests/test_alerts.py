@@ -1,6 +1,5 @@
 """Failure alerts: payload per webhook format on a loopback receiver, dead webhooks, the sensor."""
 
-import datetime as dt
 import json
 import logging
 import socket
@@ -12,8 +11,8 @@ import dagster as dg
 import pytest
 
 from stocksync_dagster.core.alerts import Alert, send_alert, webhook_format
-from stocksync_dagster.core.settings import Settings
-from stocksync_dagster.defs.health.alerts import build_alert_sensor
+from stocksync_dagster.core.settings import Settings, current_settings
+from stocksync_dagster.defs.health.alerts import failure_alert_sensor
 from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
 ALERT = Alert(
@@ -119,30 +118,44 @@ def test_dead_or_refusing_webhooks_are_logged_not_raised(
     assert "SECRET" not in caplog.text
 
 
+@pytest.fixture
+def alert_env(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The sensor's settings, as the daemon's environment would give them."""
+    with monkeypatch.context() as env:
+        env.setenv("STOCKSYNC_ALERT_WEBHOOKS", base(receiver) + "/hook")
+        env.setenv("STOCKSYNC_UI_URL", "http://ui.example:3000")
+        env.setenv("TUSHARE_TOKEN", "SECRET123")
+        current_settings.cache_clear()
+        yield
+    current_settings.cache_clear()
+
+
+def failure_context(
+    instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult
+) -> dg.RunFailureSensorContext:
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    event = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0]
+    return dg.build_run_status_sensor_context(
+        sensor_name="failure_alert_sensor",
+        dagster_event=event.dagster_event,  # type: ignore[arg-type]
+        dagster_instance=instance,
+        dagster_run=run,
+    ).for_run_failure()
+
+
 def test_failure_sensor_posts_asset_partitions_error_and_run_link(
-    receiver: Receiver, sqlite_url: str
+    receiver: Receiver, alert_env: None, sqlite_url: str
 ) -> None:
-    settings = Settings(source="demo", database_url=sqlite_url, start_date=dt.date(2026, 11, 2))
-    defs = build_defs(settings)
-    sensor = build_alert_sensor(
-        [base(receiver) + "/hook"], "http://ui.example:3000", secrets=["SECRET123"]
-    )
+    defs = build_defs(sqlite_url)
     with dg.instance_for_test() as instance:
         result = materialize_range(
             defs, instance, "2026-11-19", "2026-11-20", ("daily_bars",), DownSourceResource()
         )
         assert not result.success
-        run = instance.get_run_by_id(result.run_id)
-        assert run is not None
-        event = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0]
-        context = dg.build_run_status_sensor_context(
-            sensor_name="failure_alert_sensor",
-            dagster_event=event.dagster_event,  # type: ignore[arg-type]
-            dagster_instance=instance,
-            dagster_run=run,
-        ).for_run_failure()
-        sensor(context)
-    [(_, body)] = receiver.received
+        failure_alert_sensor(failure_context(instance, result))
+    [(path, body)] = receiver.received
+    assert path == "/hook"
     assert body["assets"] == ["daily_bars"]
     assert body["partitions"] == "2026-11-19..2026-11-20"
     assert body["error"] == "Failure: source unreachable at https://api.example/***"

@@ -5,7 +5,8 @@ or the daemon); the run worker and its step process run `tests/fakes/crash_defs.
 inside the write transaction after the rows are written and signals readiness. The test then
 SIGKILLs the run's processes. Afterwards the partition holds exactly the old rows; the code
 server marks the run FAILURE ("terminated by signal 9"); the partition shows FAILED, the gap
-sensor requests it and that rerun writes exactly the new rows.
+automation (`gap_automation_sensor`'s condition) requests it and that rerun writes exactly the
+new rows.
 
 Runs executed in-process (`dagster asset materialize`, `stocksync backfill`) have no process
 watching them: killed, they stay STARTED until someone terminates them (docs/reliability.md).
@@ -30,15 +31,9 @@ import sqlalchemy as sa
 from stocksync_dagster.core.sources.demo import shared_market
 from stocksync_dagster.core.warehouse import Warehouse, schema
 from stocksync_dagster.core.warehouse.upsert import upsert_frame
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.gaps import build_gap_sensor
-from stocksync_dagster.defs.market.jobs import build_jobs
-from stocksync_dagster.defs.market.partitions import (
-    PARTITION_TIMEZONE,
-    WEEKENDS,
-    trading_day_partitions,
-)
-from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
+from stocksync_dagster.defs.market.partitions import trading_days
+from stocksync_dagster.resources import DemoSourceResource
+from tests.orchestration import build_defs, materialize_range
 from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -169,20 +164,7 @@ def wait_for_status(
         time.sleep(0.2)
 
 
-def gap_sensor() -> dg.SensorDefinition:
-    """The project's gap sensor over a history that is just DAY."""
-    one_day = dg.DailyPartitionsDefinition(
-        start_date=DAY.isoformat(),
-        end_date=(DAY + dt.timedelta(days=1)).isoformat(),
-        timezone=PARTITION_TIMEZONE,
-        fmt="%Y-%m-%d",
-        exclusions=[WEEKENDS],
-    )
-    _, market = build_jobs("demo")
-    return build_gap_sensor(market, one_day)  # type: ignore[arg-type]
-
-
-def test_kill_9_mid_write_leaves_old_rows_fails_the_run_and_the_gap_sensor_heals_it(
+def test_kill_9_mid_write_leaves_old_rows_fails_the_run_and_gap_automation_heals_it(
     warehouse_url: str, tmp_path: Path
 ) -> None:
     with Warehouse(warehouse_url).begin() as connection:
@@ -206,31 +188,23 @@ def test_kill_9_mid_write_leaves_old_rows_fails_the_run_and_the_gap_sensor_heals
             launcher.wait(timeout=30)  # the code server stops once its runs are over
             assert same_rows(stored(warehouse_url), old_rows())  # old rows, not a mix
 
-            partitions = trading_day_partitions(ORIGIN)
+            key = DAY.isoformat()
             status = instance.get_status_by_partition(
-                dg.AssetKey("daily_bars"), [DAY.isoformat()], partitions
+                dg.AssetKey("daily_bars"), [key], trading_days
             )
-            assert status == {DAY.isoformat(): dg.AssetPartitionStatus.FAILED}
+            assert status == {key: dg.AssetPartitionStatus.FAILED}
 
-            tick = gap_sensor().evaluate_tick(dg.build_sensor_context(instance=instance))
-            [request] = tick.run_requests
-            assert request.tags["dagster/asset_partition_range_start"] == DAY.isoformat()
-            rerun = dg.materialize(
-                build_market_assets(partitions),
-                selection=request.asset_selection,
-                tags=request.tags,
-                instance=instance,
-                resources={
-                    "source": DemoSourceResource(),
-                    "warehouse": WarehouseResource(url=warehouse_url),
-                },
-            )
+            # The project's own definitions (demo source as in the run above) heal it.
+            defs = build_defs(warehouse_url, DemoSourceResource())
+            automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+            assert key in automation.get_requested_partitions(dg.AssetKey("daily_bars"))
+            rerun = materialize_range(defs, instance, key, key, ("daily_bars",))
             assert rerun.success
             assert same_rows(stored(warehouse_url), market_rows())  # exactly the new rows
             status = instance.get_status_by_partition(
-                dg.AssetKey("daily_bars"), [DAY.isoformat()], partitions
+                dg.AssetKey("daily_bars"), [key], trading_days
             )
-            assert status == {DAY.isoformat(): dg.AssetPartitionStatus.MATERIALIZED}
+            assert status == {key: dg.AssetPartitionStatus.MATERIALIZED}
     finally:
         if launcher.poll() is None:
             _kill(launcher)

@@ -3,8 +3,8 @@
 About 10% of the calls to the fake servers fail at random (dropped connection, hang, half a
 reply then FIN, server error, HTTP 500, rate-limit refusal). After the run, every row in the
 warehouse equals the market and every missing one is an open `sync_failure` row; the project's
-repair and gap sensors (evaluated here as the daemon would, their requests run as they would
-be launched) then heal it to the exact market, with no failure left open.
+repair sensor and gap automation (evaluated here as the daemon would, their requests run as
+they would be launched) then heal it to the exact market, with no failure left open.
 """
 
 import datetime as dt
@@ -23,15 +23,9 @@ from stocksync_dagster.core.sources.base import MarketSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.sources.tushare import TushareSource
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.gaps import build_gap_sensor
-from stocksync_dagster.defs.market.jobs import build_jobs
-from stocksync_dagster.defs.market.partitions import (
-    PARTITION_TIMEZONE,
-    WEEKENDS,
-    trading_day_partitions,
-)
-from stocksync_dagster.defs.market.repair import build_repair_sensor
+from stocksync_dagster.definitions import defs as project_defs
+from stocksync_dagster.defs.market.jobs import range_tags as key_range_tags
+from stocksync_dagster.defs.market.partitions import trading_days
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     TushareSourceResource,
@@ -40,6 +34,7 @@ from stocksync_dagster.resources import (
 from tests.fakes import baostock_server, tushare_server
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
+from tests.orchestration import build_defs
 from tests.support import closing_warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -49,13 +44,9 @@ AS_OF = dt.date(2025, 7, 31)
 TOKENS = ("tok-faults-a1b2c3d4e5", "tok-faults-f6a7b8c9d0")
 FAULT_RATE = 0.10
 MAX_ATTEMPTS = 2  # per call, inside the source
-STEP_RETRIES = 2  # per step, Dagster's RetryPolicy
-ASSETS = build_market_assets(
-    trading_day_partitions(ORIGIN),
-    retry_policy=dg.RetryPolicy(
-        max_retries=STEP_RETRIES, delay=0.1, backoff=dg.Backoff.EXPONENTIAL
-    ),
-)
+STEP_RETRIES = 2  # per step, Dagster's RetryPolicy (STOCKSYNC_SOURCE_RETRIES in conftest.py)
+ASSETS = [a for a in project_defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+NOW = dt.datetime.now(dt.UTC)
 TABLES = {"daily_bars": "daily_bar", "adj_factor": "adj_factor"}
 
 
@@ -175,18 +166,6 @@ def source_for(server: FakeBaostockServer | FlakyTushareServer) -> dg.Configurab
     )
 
 
-def partitions_between(start: dt.date, end: dt.date) -> dg.DailyPartitionsDefinition:
-    """Trading-day partitions of just [start, end], for the sensors' view of history."""
-    holidays = [dt.datetime(d.year, d.month, d.day) for d in trading_calendar.holidays(start, end)]
-    return dg.DailyPartitionsDefinition(
-        start_date=start.isoformat(),
-        end_date=(end + dt.timedelta(days=1)).isoformat(),
-        timezone=PARTITION_TIMEZONE,
-        fmt="%Y-%m-%d",
-        exclusions=[WEEKENDS, *holidays],
-    )
-
-
 def run(
     instance: dg.DagsterInstance,
     source: dg.ConfigurableResource,
@@ -207,10 +186,7 @@ def run(
 
 
 def range_tags(start: dt.date, end: dt.date) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": start.isoformat(),
-        "dagster/asset_partition_range_end": end.isoformat(),
-    }
+    return key_range_tags(start.isoformat(), end.isoformat())
 
 
 def stored(url: str, table: str) -> pd.DataFrame:
@@ -269,6 +245,43 @@ def assert_gaps_are_recorded(url: str, missing: dict[str, pd.DataFrame]) -> None
         assert not unrecorded, f"{asset}: missing without a sync_failure row: {unrecorded[:5]}"
 
 
+def gap_run_requests(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    start: dt.date,
+    end: dt.date,
+    at: dt.datetime,
+    cursor: Any,
+) -> tuple[list[dg.RunRequest], Any]:
+    """What gap automation requests inside [start, end], as single-run range requests.
+
+    The daemon would launch one backfill whose single-run policy makes each contiguous range
+    of keys one run; history outside the window is not this test's subject.
+    """
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, evaluation_time=at, cursor=cursor
+    )
+    keys = [
+        k for k in trading_days.get_partition_keys() if start.isoformat() <= k <= end.isoformat()
+    ]
+    requests = []
+    for asset in TABLES:
+        wanted = result.get_requested_partitions(dg.AssetKey(asset))
+        ranges: list[list[str]] = []
+        for i, key in enumerate(keys):
+            if key not in wanted:
+                continue
+            if ranges and keys[i - 1] == ranges[-1][-1]:
+                ranges[-1].append(key)
+            else:
+                ranges.append([key])
+        requests += [
+            dg.RunRequest(asset_selection=[dg.AssetKey(asset)], tags=key_range_tags(r[0], r[-1]))
+            for r in ranges
+        ]
+    return requests, result.cursor
+
+
 def heal(
     instance: dg.DagsterInstance,
     source: dg.ConfigurableResource,
@@ -278,22 +291,25 @@ def heal(
     end: dt.date,
     rounds: int = 8,
 ) -> int:
-    """Evaluate the repair and gap sensors and run what they request until nothing is missing."""
-    _, job = build_jobs("test")
-    repair = build_repair_sensor(job)  # type: ignore[arg-type]
-    gap = build_gap_sensor(job, partitions_between(start, end), cooldown_seconds=0)  # type: ignore[arg-type]
+    """Evaluate the repair sensor and gap automation, run what they request, until healed."""
+    defs = build_defs(url, source)  # type: ignore[arg-type]
+    repair = defs.resolve_sensor_def("repair_sensor")
+    cursor = None
     for done in range(rounds):
         missing = gaps(url, market, start, end)
         if all(m.empty for m in missing.values()) and open_failures(url).empty:
             return done
         assert_gaps_are_recorded(url, missing)
-        requests = []
-        for sensor in (repair, gap):
-            context = dg.build_sensor_context(
-                instance=instance, resources={"warehouse": WarehouseResource(url=url)}
-            )
-            requests += sensor.evaluate_tick(context).run_requests
-        assert requests, "gaps remain but no sensor asked for a run"
+        context = dg.build_sensor_context(
+            instance=instance, resources={"warehouse": WarehouseResource(url=url)}
+        )
+        requests = list(repair.evaluate_tick(context).run_requests)
+        # An hour apart: what failed in the last round is requested again.
+        gap, cursor = gap_run_requests(
+            defs, instance, start, end, NOW + dt.timedelta(hours=done), cursor
+        )
+        requests += gap
+        assert requests, "gaps remain but nothing asked for a run"
         for request in requests:
             run(instance, source, url, request.tags, request.asset_selection, request.run_config)
     raise AssertionError(f"not healed after {rounds} rounds of repairs")

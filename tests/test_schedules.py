@@ -1,11 +1,15 @@
 """The nightly and catch-up schedules evaluated at chosen times against a real instance."""
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.trading_calendar import SHANGHAI
 from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
@@ -15,14 +19,13 @@ MONDAY_MORNING = dt.datetime(2026, 11, 23, 8, 0, tzinfo=SHANGHAI)
 
 @pytest.fixture
 def defs(sqlite_url: str) -> dg.Definitions:
-    settings = Settings(source="demo", database_url=sqlite_url, start_date=dt.date(2026, 9, 1))
-    return build_defs(settings)
+    return build_defs(sqlite_url)
 
 
 def tick(
     defs: dg.Definitions, name: str, instance: dg.DagsterInstance, at: dt.datetime
 ):  # -> ScheduleExecutionData
-    schedule = defs.get_schedule_def(name)
+    schedule = defs.resolve_schedule_def(name)
     context = dg.build_schedule_context(
         instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()
     )
@@ -34,8 +37,8 @@ def nightly_at(day: dt.date) -> dt.datetime:
 
 
 def test_schedules_run_on_weekdays_in_shanghai_time(defs: dg.Definitions) -> None:
-    nightly = defs.get_schedule_def("nightly_sync_schedule")
-    catch_up = defs.get_schedule_def("morning_catch_up_schedule")
+    nightly = defs.resolve_schedule_def("nightly_sync_schedule")
+    catch_up = defs.resolve_schedule_def("morning_catch_up_schedule")
     assert (nightly.cron_schedule, nightly.execution_timezone) == ("30 18 * * 1-5", "Asia/Shanghai")
     assert catch_up.cron_schedule == "0 8 * * *"
     assert nightly.job_name == "nightly_sync"
@@ -99,20 +102,38 @@ def test_catch_up_requests_the_last_trading_day_when_missing_or_failed(
         assert data.skip_message == "2026-11-20 is already materialized (daily_bars, adj_factor)"
 
 
-def test_schedule_times_are_configurable(sqlite_url: str) -> None:
-    settings = Settings.from_env(
-        {
-            "STOCKSYNC_SOURCE": "demo",
-            "STOCKSYNC_NIGHTLY_AT": "19:05",
-            "STOCKSYNC_CATCHUP_AT": "07:45",
-            "STOCKSYNC_LOOKBACK_DAYS": "2",
-            "STOCKSYNC_DATABASE_URL": sqlite_url,
-        }
+PROBE = """
+import datetime as dt, json
+import dagster as dg
+from stocksync_dagster.core.trading_calendar import SHANGHAI
+from stocksync_dagster.definitions import defs
+
+nightly = defs.resolve_schedule_def("nightly_sync_schedule")
+catch_up = defs.resolve_schedule_def("morning_catch_up_schedule")
+at = dt.datetime(2026, 11, 20, 19, 5, tzinfo=SHANGHAI)
+with dg.instance_for_test() as instance:
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()
     )
-    defs = build_defs(settings)
-    assert defs.get_schedule_def("nightly_sync_schedule").cron_schedule == "5 19 * * 1-5"
-    assert defs.get_schedule_def("morning_catch_up_schedule").cron_schedule == "45 7 * * *"
-    with dg.instance_for_test() as instance:
-        at = dt.datetime.combine(FRIDAY, dt.time(19, 5), tzinfo=SHANGHAI)
-        [request] = tick(defs, "nightly_sync_schedule", instance, at).run_requests
-    assert request.run_config["ops"]["daily_bars"]["config"] == {"lookback_days": 2}
+    [request] = nightly.evaluate_tick(context).run_requests
+print(json.dumps([nightly.cron_schedule, catch_up.cron_schedule, request.run_config]))
+"""
+
+
+def test_schedule_times_and_lookback_come_from_the_environment(sqlite_url: str) -> None:
+    # The cron strings are fixed when the definitions load: load them in a fresh process.
+    env = {
+        **os.environ,
+        "STOCKSYNC_NIGHTLY_AT": "19:05",
+        "STOCKSYNC_CATCHUP_AT": "07:45",
+        "STOCKSYNC_LOOKBACK_DAYS": "2",
+        "STOCKSYNC_DATABASE_URL": sqlite_url,
+    }
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    nightly, catch_up, run_config = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (nightly, catch_up) == ("5 19 * * 1-5", "45 7 * * *")
+    assert run_config["ops"]["daily_bars"]["config"] == {"lookback_days": 2}

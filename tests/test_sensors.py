@@ -1,25 +1,22 @@
-"""Gap and repair sensors against a real instance and warehouse: exact requests, bounds, cursor."""
+"""Gap automation and repair sensors against a real instance and warehouse: exact requests."""
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.sensor_definition import SensorExecutionData
-from dagster._core.utils import make_new_run_id
 
-from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.sources.base import FetchFailure
 from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.warehouse import Warehouse, failures
-from stocksync_dagster.defs.market.gaps import GapCursor, build_gap_sensor
 from stocksync_dagster.defs.market.jobs import (
     RANGE_END_TAG,
     RANGE_START_TAG,
     TRIGGER_TAG,
-    build_jobs,
+    range_tags,
 )
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
-from stocksync_dagster.defs.market.repair import build_repair_sensor
+from stocksync_dagster.defs.market.partitions import trading_days
+from stocksync_dagster.defs.market.repair import MAX_ATTEMPTS
 from stocksync_dagster.resources import WarehouseResource
 from tests.orchestration import (
     DEMO_STOCKS,
@@ -31,23 +28,15 @@ from tests.orchestration import (
 
 DAYS = [d.isoformat() for d in recent_trading_days(12)]
 BOTH = ("daily_bars", "adj_factor")
+KEYS = trading_days.get_partition_keys()  # STOCKSYNC_START_DATE .. the last settled day
+HISTORY, NEWEST = KEYS[:-1], KEYS[-1]  # the newest day is the schedules' (test_schedules.py)
+# A moment inside an hour, so "later in the hour" and "after the next hour" are unambiguous.
+NOW = dt.datetime.now(dt.UTC).replace(minute=10, second=0, microsecond=0)
 
 
 @pytest.fixture
-def settings(sqlite_url: str) -> Settings:
-    return Settings(
-        source="demo", database_url=sqlite_url, start_date=dt.date.fromisoformat(DAYS[0])
-    )
-
-
-@pytest.fixture
-def defs(settings: Settings) -> dg.Definitions:
-    return build_defs(settings)
-
-
-def gap_sensor(settings: Settings, **bounds: float) -> dg.SensorDefinition:
-    _, market = build_jobs("demo")
-    return build_gap_sensor(market, trading_day_partitions(settings.start_date), **bounds)  # type: ignore[arg-type]
+def defs(sqlite_url: str) -> dg.Definitions:
+    return build_defs(sqlite_url)
 
 
 def evaluate(
@@ -55,7 +44,7 @@ def evaluate(
     instance: dg.DagsterInstance,
     cursor: str | None = None,
     resources: dict | None = None,
-) -> SensorExecutionData:
+):  # -> SensorExecutionData
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     return sensor.evaluate_tick(context)
 
@@ -72,96 +61,107 @@ def requested(data) -> list[tuple[tuple[str, ...], str, str]]:  # type: ignore[n
 
 
 def add_unfinished_run(
-    instance: dg.DagsterInstance, start: str, end: str, tags: dict | None = None
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    start: str,
+    end: str,
+    tags: dict | None = None,
+    assets: tuple[str, ...] = BOTH,
 ) -> None:
-    instance.add_run(
-        dg.DagsterRun(
-            job_name="market_sync",
-            run_id=make_new_run_id(),
-            status=dg.DagsterRunStatus.NOT_STARTED,
-            asset_selection=frozenset(dg.AssetKey(a) for a in BOTH),
-            tags={RANGE_START_TAG: start, RANGE_END_TAG: end, **(tags or {})},
-        )
+    """A market_sync range run created but not started (e.g. queued from the UI)."""
+    instance.create_run_for_job(
+        defs.resolve_job_def("market_sync"),
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        asset_selection={dg.AssetKey(a) for a in assets},
+        tags={**range_tags(start, end), **(tags or {})},
     )
 
 
-def test_sensor_defaults_gap_stopped_repair_and_alerts_running(defs: dg.Definitions) -> None:
-    status = {s.name: s.default_status for s in defs.sensors}  # type: ignore[union-attr]
+def mark_materialized(
+    instance: dg.DagsterInstance, keys: list[str], assets: tuple[str, ...] = BOTH
+) -> None:
+    """Record materializations without running anything (as if an earlier sync did)."""
+    for key in keys:
+        for asset in assets:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
+
+
+def gap_requests(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    at: dt.datetime = NOW,
+    cursor: Any = None,
+) -> tuple[dict[str, list[str]], Any]:
+    """Requested partitions per asset (reference assets only when requested), and the result."""
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, evaluation_time=at, cursor=cursor
+    )
+    names = ("trade_calendar", "stock_basic", *BOTH)
+    by_asset = {a: sorted(result.get_requested_partitions(dg.AssetKey(a))) for a in names}
+    return {a: keys for a, keys in by_asset.items() if keys or a in BOTH}, result
+
+
+def test_sensor_defaults_and_descriptions(defs: dg.Definitions) -> None:
+    status = {s.name: s.default_status for s in defs.sensors or []}
     assert status == {
-        "gap_sensor": dg.DefaultSensorStatus.STOPPED,
+        "gap_automation_sensor": dg.DefaultSensorStatus.STOPPED,
         "repair_sensor": dg.DefaultSensorStatus.RUNNING,
         "failure_alert_sensor": dg.DefaultSensorStatus.RUNNING,
     }
+    for instigator in [*(defs.sensors or []), *(defs.schedules or [])]:
+        assert instigator.description and len(instigator.description) > 40, instigator.name
+    gap = defs.resolve_sensor_def("gap_automation_sensor")
+    assert isinstance(gap, dg.AutomationConditionSensorDefinition)
+    assert gap.emit_backfills
+    assert gap.asset_selection.resolve(defs.resolve_asset_graph()) == {dg.AssetKey(a) for a in BOTH}
+    # The explicit sensor covers every automated asset: Dagster adds no implicit one.
+    assert "default_automation_condition_sensor" not in {
+        s.name for s in defs.get_repository_def().sensor_defs
+    }
 
 
-def test_gap_sensor_requests_bounded_ranges_newest_first_and_respects_cursor_and_runs(
-    defs: dg.Definitions, settings: Settings
+def test_gap_automation_requests_all_missing_history_but_no_reference_asset_or_newest_day(
+    defs: dg.Definitions,
 ) -> None:
-    d = DAYS
-    sensor = gap_sensor(
-        settings, max_ranges_per_tick=2, max_partitions_per_range=2, max_runs_in_flight=10
-    )
-    with dg.instance_for_test() as instance:
-        assert materialize_range(defs, instance, d[3], d[5]).success
-        assert materialize_range(defs, instance, d[8], d[8], ("adj_factor",)).success
-        failed = materialize_range(
-            defs, instance, d[8], d[8], ("daily_bars",), DownSourceResource()
-        )
+    with dg.DagsterInstance.ephemeral() as instance:
+        got, _ = gap_requests(defs, instance)
+    assert got == {"daily_bars": HISTORY, "adj_factor": HISTORY}  # from the first evaluation
+
+
+def test_gap_automation_requests_missing_and_failed_but_not_materialized_or_in_flight(
+    defs: dg.Definitions,
+) -> None:
+    a, b, c, d, e = HISTORY[-5:]
+    with dg.DagsterInstance.ephemeral() as instance:
+        mark_materialized(instance, HISTORY[:-5])
+        assert materialize_range(defs, instance, a, a).success
+        mark_materialized(instance, [b])
+        # b was materialized; its last run (daily_bars only) failed: requested again.
+        failed = materialize_range(defs, instance, b, b, ("daily_bars",), DownSourceResource())
         assert not failed.success
-        # Missing: 0-2, 6-7, 9-11 (both assets); failed: daily_bars on 8.
-
-        first = evaluate(sensor, instance)
-        assert requested(first) == [(BOTH, d[11], d[11]), (BOTH, d[9], d[10])]
-        assert all(r.tags[TRIGGER_TAG] == "gap-sensor" for r in first.run_requests)
-        assert len({r.run_key for r in first.run_requests}) == 2
-
-        second = evaluate(sensor, instance, first.cursor)  # runs not started yet: cursor holds them
-        assert requested(second) == [(("daily_bars",), d[8], d[8]), (BOTH, d[6], d[7])]
-
-        add_unfinished_run(instance, d[0], d[2])  # e.g. launched from the UI, still queued
-        third = evaluate(sensor, instance, second.cursor)
-        assert third.run_requests == []
-        assert "all running or requested recently" in (third.skip_message or "")
-        assert GapCursor.parse(third.cursor).tick == 3
-
-        # Once the cool-down has passed, unfinished work is requested again (none is running).
-        forgetful = gap_sensor(
-            settings,
-            max_ranges_per_tick=2,
-            max_partitions_per_range=2,
-            max_runs_in_flight=10,
-            cooldown_seconds=0,
-        )
-        assert requested(evaluate(forgetful, instance, second.cursor)) == requested(first)
-
-        # A requested range really runs as one range run and fills its partitions.
-        assert materialize_range(defs, instance, d[9], d[11]).success
-        assert materialize_range(defs, instance, d[0], d[8]).success
-        done = evaluate(forgetful, instance)
-        assert done.run_requests == []
-        assert (
-            done.skip_message
-            == f"no missing or failed partitions in daily_bars, adj_factor {d[0]}..{d[11]}"
-        )
+        add_unfinished_run(defs, instance, c, d, assets=("adj_factor",))
+        got, _ = gap_requests(defs, instance)
+    assert got == {"daily_bars": [b, c, d, e], "adj_factor": [e]}
 
 
-def test_gap_sensor_waits_while_its_own_runs_are_in_flight(settings: Settings) -> None:
-    sensor = gap_sensor(settings, max_runs_in_flight=1)
-    with dg.instance_for_test() as instance:
-        assert requested(evaluate(sensor, instance)) == [(BOTH, DAYS[0], DAYS[11])]
-        add_unfinished_run(instance, DAYS[0], DAYS[11], {TRIGGER_TAG: "gap-sensor"})
-        data = evaluate(sensor, instance)
-    assert data.run_requests == []
-    assert data.skip_message == "24 partitions to fill; waiting for 1 gap run(s) to finish"
-
-
-def test_gap_sensor_splits_long_gaps(settings: Settings) -> None:
-    sensor = gap_sensor(settings, max_ranges_per_tick=5, max_partitions_per_range=5)
-    with dg.instance_for_test() as instance:
-        assert requested(evaluate(sensor, instance)) == [
-            (BOTH, DAYS[10], DAYS[11]),
-            (BOTH, DAYS[5], DAYS[9]),
-        ]  # max_runs_in_flight (2) bounds the tick too
+def test_gap_automation_requests_once_then_retries_the_next_hour(defs: dg.Definitions) -> None:
+    last = HISTORY[-1]
+    with dg.DagsterInstance.ephemeral() as instance:
+        mark_materialized(instance, [*HISTORY[:-1], NEWEST])
+        first, result = gap_requests(defs, instance)
+        assert first == {"daily_bars": [last], "adj_factor": [last]}
+        # Later in the same hour (its backfill not seen yet): not requested a second time.
+        again, result = gap_requests(defs, instance, NOW + dt.timedelta(minutes=30), result.cursor)
+        assert again == {"daily_bars": [], "adj_factor": []}
+        # The run failed; from the next hour on it is requested again.
+        failed = materialize_range(defs, instance, last, last, source=DownSourceResource())
+        assert not failed.success
+        later, result = gap_requests(defs, instance, NOW + dt.timedelta(minutes=55), result.cursor)
+        assert later == {"daily_bars": [last], "adj_factor": [last]}
+        # Materialized: nothing left to request, whatever the hour.
+        assert materialize_range(defs, instance, last, last).success
+        done, _ = gap_requests(defs, instance, NOW + dt.timedelta(hours=3), result.cursor)
+    assert done == {"daily_bars": [], "adj_factor": []}
 
 
 def record(url: str, asset: str, code: str | None, days: list[str], max_retries: int = 5) -> None:
@@ -190,10 +190,9 @@ def test_repair_sensor_refetches_only_failed_stocks_and_gives_up_after_the_limit
     record(sqlite_url, "daily_bars", b, [d[2]])
     record(sqlite_url, "daily_bars", c, [d[6]])
     record(sqlite_url, "adj_factor", None, [d[4]])  # a whole day
-    _, market = build_jobs("demo")
-    sensor = build_repair_sensor(market, max_attempts=3)
+    sensor = defs.resolve_sensor_def("repair_sensor")
     resources = {"warehouse": WarehouseResource(url=sqlite_url)}
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         data = evaluate(sensor, instance, resources=resources)
         assert requested(data) == [
             (("adj_factor",), d[4], d[4]),
@@ -201,8 +200,12 @@ def test_repair_sensor_refetches_only_failed_stocks_and_gives_up_after_the_limit
             (("daily_bars",), d[6], d[6]),
         ]
         configs = [r.run_config["ops"] for r in data.run_requests]
-        assert configs[0] == {"adj_factor": {"config": {"codes": None, "max_retries": 3}}}
-        assert configs[1] == {"daily_bars": {"config": {"codes": sorted([a, b]), "max_retries": 3}}}
+        assert configs[0] == {
+            "adj_factor": {"config": {"codes": None, "max_retries": MAX_ATTEMPTS}}
+        }
+        assert configs[1] == {
+            "daily_bars": {"config": {"codes": sorted([a, b]), "max_retries": MAX_ATTEMPTS}}
+        }
         assert configs[2]["daily_bars"]["config"]["codes"] == [c]
         assert data.run_requests[1].tags["stocksync/repair_stocks"] == "2 stocks"
 
@@ -216,20 +219,21 @@ def test_repair_sensor_refetches_only_failed_stocks_and_gives_up_after_the_limit
 
         # c keeps failing: each attempt counts (new run key), the third abandons it.
         keys = {r.run_key for r in data.run_requests}
-        for attempt in (1, 2):
-            record(sqlite_url, "daily_bars", c, [d[6]], max_retries=3)
+        for attempt in range(1, MAX_ATTEMPTS):
+            record(sqlite_url, "daily_bars", c, [d[6]], max_retries=MAX_ATTEMPTS)
             again = evaluate(sensor, instance, resources=resources)
             [repair_c] = [r for r in again.run_requests if r.tags[RANGE_START_TAG] == d[6]]
             assert repair_c.run_key not in keys
             keys.add(repair_c.run_key)
             assert statuses(sqlite_url)[("daily_bars", d[6], c)] == ("retrying", attempt)
-        record(sqlite_url, "daily_bars", c, [d[6]], max_retries=3)
-        assert statuses(sqlite_url)[("daily_bars", d[6], c)] == ("abandoned", 3)
+        record(sqlite_url, "daily_bars", c, [d[6]], max_retries=MAX_ATTEMPTS)
+        assert statuses(sqlite_url)[("daily_bars", d[6], c)] == ("abandoned", MAX_ATTEMPTS)
         last = evaluate(sensor, instance, resources=resources)
         assert requested(last) == [(("adj_factor",), d[4], d[4])]
 
         # While a repair of adj_factor is running, it is not requested again.
         add_unfinished_run(
+            defs,
             instance,
             d[4],
             d[4],

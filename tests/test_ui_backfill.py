@@ -1,4 +1,4 @@
-"""End to end as a user does it: `dagster dev`, a backfill from the UI's dialog, the gap sensor.
+"""End to end as a user does it: `dagster dev`, a UI backfill, then gap automation heals a wipe.
 
 Starts `dagster dev` (webserver + daemon) on loopback with a temp DAGSTER_HOME holding the
 project's dagster.yaml, the demo source and a temp SQLite warehouse; talks to the webserver's
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from stocksync_dagster.defs.market.gaps import GAP_TRIGGER
 from tests.orchestration import recent_trading_days
 
 pytestmark = pytest.mark.slow
@@ -54,8 +55,8 @@ mutation ($ranges: [PartitionsByAssetSelector!]!) {
 }"""
 UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 GAP_RUNS = """
-query {
-  runsOrError(filter: {tags: [{key: "stocksync/trigger", value: "gap-sensor"}]}) {
+query ($trigger: String!) {
+  runsOrError(filter: {tags: [{key: "stocksync/trigger", value: $trigger}]}) {
     ... on Runs { results { runId status tags { key value } } }
   }
 }"""
@@ -155,7 +156,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
             process.wait(timeout=10)
 
 
-def test_ui_backfill_then_gap_sensor_heals_a_deleted_partition(ui: UI) -> None:
+def test_ui_backfill_then_gap_automation_heals_a_deleted_partition(ui: UI) -> None:
     params = {
         "tags": [],
         "assetSelection": [{"path": ["daily_bars"]}],
@@ -177,7 +178,7 @@ def test_ui_backfill_then_gap_sensor_heals_a_deleted_partition(ui: UI) -> None:
 
     # Lose one day's rows, and the materializations (the UI's "Wipe materializations"). OSS
     # event storages cannot wipe single partitions (UnsupportedOperationError), so the whole
-    # asset is wiped: the gap sensor must then refill every partition, the lost day included.
+    # asset is wiped: gap automation must then refill every partition, the lost day included.
     lost = DAYS[2]
     with sqlite3.connect(ui.warehouse) as db:
         db.execute("DELETE FROM daily_bar WHERE trade_date = ?", (lost,))
@@ -188,22 +189,36 @@ def test_ui_backfill_then_gap_sensor_heals_a_deleted_partition(ui: UI) -> None:
     selector = {
         "repositoryLocationName": LOCATION,
         "repositoryName": "__repository__",
-        "sensorName": "gap_sensor",
+        "sensorName": "gap_automation_sensor",
     }
     started = ui.graphql(START_SENSOR, selector=selector)["startSensor"]
     assert started["sensorState"]["status"] == "RUNNING", started
 
-    def healed() -> bool:
-        return ui.materialized("daily_bars") == len(DAYS) and lost in ui.rows_per_day()
+    # The newest day is left to the nightly and morning schedules: history is the rest.
+    history = DAYS[:-1]
 
-    wait_for("the gap sensor to heal the lost day", healed, timeout=150, every=2)
+    def healed() -> bool:
+        return ui.materialized("daily_bars") == len(history) and lost in ui.rows_per_day()
+
+    wait_for("gap automation to heal the lost day", healed, timeout=150, every=2)
     assert ui.rows_per_day() == rows
 
     def gap_runs_done() -> list[dict] | None:
-        runs = ui.graphql(GAP_RUNS)["runsOrError"]["results"]
+        runs = ui.graphql(GAP_RUNS, trigger=GAP_TRIGGER)["runsOrError"]["results"]
         return runs if runs and all(r["status"] not in UNFINISHED for r in runs) else None
 
     gap_runs = wait_for("the gap runs to finish", gap_runs_done, timeout=90, every=2)
     assert {r["status"] for r in gap_runs} == {"SUCCESS"}
-    assert ui.materialized("adj_factor") == len(DAYS)  # the sensor filled adj_factor too
-    assert {t["key"]: t["value"] for t in gap_runs[-1]["tags"]}["datasource"] == "demo"
+    assert ui.materialized("adj_factor") == len(history)  # never materialized before: filled
+    assert ui.materialized("daily_bars") == len(history)
+    tags = {t["key"]: t["value"] for t in gap_runs[-1]["tags"]}
+    ranges = {
+        (t["dagster/asset_partition_range_start"], t["dagster/asset_partition_range_end"])
+        for t in ({x["key"]: x["value"] for x in r["tags"]} for r in gap_runs)
+    }
+    assert ranges == {(history[0], history[-1])}  # one range run, the newest day not in it
+    assert tags["datasource"] == "demo"  # the source's run-level concurrency limit applies
+    assert "dagster/backfill" in tags  # a backfill: the single-run policy made range runs
+    assert {t["key"]: t["value"] for t in gap_runs[0]["tags"]}["dagster/backfill"] == tags[
+        "dagster/backfill"
+    ]  # one tick, one backfill

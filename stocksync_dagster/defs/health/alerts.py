@@ -2,19 +2,31 @@
 
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 import dagster as dg
-from dagster._utils.error import SerializableErrorInfo
 
 from stocksync_dagster.core.alerts import Alert, first_line, send_alert
 from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.defs.market.jobs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 _RETRY_WRAPPERS = {"RetryRequestedFromPolicy", "RetryRequested"}
-_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # dagster._core.errors.X: -> X:
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # package.module.Error: -> Error:
+
+
+class ErrorInfo(Protocol):
+    """What alerts read of a step's error (Dagster's serializable error info)."""
+
+    @property
+    def cls_name(self) -> str | None: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def cause(self) -> "ErrorInfo | None": ...
 
 
 def run_partitions_text(tags: dict[str, str]) -> str:
+    """`D`, `START..END` or `- (unpartitioned)` for a run's tags."""
     if PARTITION_TAG in tags:
         return tags[PARTITION_TAG]
     if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
@@ -33,8 +45,8 @@ def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequenc
     error_event = next(
         (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
     )
-    if error_event is not None:
-        error = error_event.step_failure_data.error
+    if error_event is not None and error_event.step_failure_data.error is not None:
+        error: ErrorInfo = error_event.step_failure_data.error
         # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
         # own errors say what to do; their library causes do not).
         while error.cause is not None and _is_dagster_wrapper(error):
@@ -52,13 +64,12 @@ def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequenc
     )
 
 
-def _is_dagster_wrapper(error: SerializableErrorInfo) -> bool:
+def _is_dagster_wrapper(error: ErrorInfo) -> bool:
     """Dagster's own wrappers ("Error occurred while executing...", "Exceeded max_retries")."""
     name = error.cls_name
     return name is None or name.startswith("Dagster") or name in _RETRY_WRAPPERS
 
 
-_settings = current_settings()
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 
@@ -66,14 +77,18 @@ WEBHOOK_TIMEOUT_SECONDS = 10.0
     name="failure_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+    description="Posts every failed run of this code location (asset, partitions, first line "
+    "of the error, link to the run) to STOCKSYNC_ALERT_WEBHOOKS: generic JSON, DingTalk, WeCom "
+    "or Slack. Does nothing when no webhook is configured.",
 )
 def failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
     """Posts every failed run (asset, partitions, error, link) to STOCKSYNC_ALERT_WEBHOOKS."""
-    if not _settings.alert_webhooks:
+    settings = current_settings()  # at evaluation time: the daemon's environment
+    if not settings.alert_webhooks:
         context.log.info("no STOCKSYNC_ALERT_WEBHOOKS configured; not alerting")
         return
-    alert = alert_for(context, _settings.ui_url, _settings.tushare_tokens)
-    delivered = send_alert(alert, _settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS)
+    alert = alert_for(context, settings.ui_url, settings.tushare_tokens)
+    delivered = send_alert(alert, settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS)
     context.log.info(
-        f"alert for run {alert.run_id} delivered to {delivered}/{len(_settings.alert_webhooks)}"
+        f"alert for run {alert.run_id} delivered to {delivered}/{len(settings.alert_webhooks)}"
     )

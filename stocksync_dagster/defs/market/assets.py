@@ -7,6 +7,7 @@ import dagster as dg
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
 from stocksync_dagster.core.warehouse import schema
+from stocksync_dagster.defs.market.automation import GAP_FILL
 from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
 from stocksync_dagster.defs.metadata import partition_metadata, run_metadata, table_metadata
 from stocksync_dagster.defs.policies import SOURCE_OP_TAGS, SOURCE_POOL, source_retry_policy
@@ -76,6 +77,7 @@ _COMMON: dict[str, Any] = {
     "op_tags": SOURCE_OP_TAGS,
     "retry_policy": source_retry_policy(),
     "deps": ["trade_calendar", "stock_basic"],
+    "automation_condition": GAP_FILL,
 }
 
 

@@ -1,6 +1,7 @@
 """The repair sensor (补拉): re-fetch only the stocks open in `sync_failure`, on their dates."""
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -9,7 +10,6 @@ import pandas as pd
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.warehouse.failures import DEFAULT_MAX_RETRIES, open_failures
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
-from stocksync_dagster.defs.market.inflight import unfinished_runs
 from stocksync_dagster.defs.market.jobs import (
     TRIGGER_TAG,
     market_run_config,
@@ -22,6 +22,17 @@ REPAIR_TRIGGER = "repair-sensor"
 REPAIR_ASSET_TAG = "stocksync/repair_asset"
 MAX_ATTEMPTS = DEFAULT_MAX_RETRIES  # then a row is `abandoned`
 MAX_RUNS_PER_TICK = 3
+UNFINISHED = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def unfinished_runs(instance: dg.DagsterInstance, tags: dict[str, str]) -> Sequence[dg.DagsterRun]:
+    """Runs with these tags that are queued or still running."""
+    return instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED, tags=tags))
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ def group_failures(frame: pd.DataFrame, max_days: int = 20) -> list[RepairGroup]
     job=market_sync,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description="补拉: every 5 minutes, re-fetches only the stocks open (pending / retrying) in "
+    "sync_failure, on their dates, as market_sync range runs (whole-day failures re-fetch the "
+    f"market). Each failed attempt counts; after {MAX_ATTEMPTS} a row is abandoned and no longer "
+    "requested (`stocksync status` lists it).",
 )
 def repair_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
