@@ -23,11 +23,22 @@ class DownSourceResource(MarketSourceResource):
 
 def build_defs(warehouse_url: str, source: MarketSourceResource | None = None) -> dg.Definitions:
     """The project's definitions on the demo source (or `source`) and the warehouse at the URL."""
-    return project_defs.with_resources(
-        {
-            "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
-            "warehouse": WarehouseResource(url=warehouse_url),
-        }
+    # `Definitions.with_resources` merges and refuses a second resource under the same key.
+    resources = {
+        **(project_defs.resources or {}),
+        "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
+        "warehouse": WarehouseResource(url=warehouse_url),
+    }
+    d = project_defs
+    return dg.Definitions(
+        assets=d.assets,
+        asset_checks=d.asset_checks,
+        schedules=d.schedules,
+        sensors=d.sensors,
+        jobs=d.jobs,
+        executor=d.executor,
+        loggers=d.loggers,
+        resources=resources,
     )
 
 
