@@ -1,6 +1,7 @@
 """Checks in real runs of the project's jobs: one step per asset, blocking, skipped when the
 asset failed, and every job's default Launchpad config valid."""
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
+from dagster._core.loader import LoadingContextForTest
 from dagster._core.snap.snap_to_yaml import default_values_from_type_snap
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
 
@@ -168,11 +170,8 @@ def _latest_statuses(
         if k.asset_key.to_user_string() in ("daily_bars", "adj_factor")
     ]
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
-    from dagster._core.loader import LoadingContextForTest
-
+    # The status the UI shows: GraphQL's AssetCheckExecution.status calls resolve_status.
     context = LoadingContextForTest(instance)
-    import asyncio
-
     return {
         key.to_user_string(): asyncio.run(record.resolve_status(context))
         for key, record in records.items()
@@ -203,8 +202,9 @@ def test_failed_asset_step_leaves_checks_not_executed(
 ) -> None:
     defs = build_defs(sqlite_url, DownSourceResource())
     run_job(defs, "market_sync", recent_trading_days(2), instance=instance)
-    statuses = set(_latest_statuses(instance, defs).values())
-    assert AssetCheckExecutionResolvedStatus.EXECUTION_FAILED not in statuses
+    statuses = _latest_statuses(instance, defs)
+    assert len(statuses) == 11
+    assert AssetCheckExecutionResolvedStatus.EXECUTION_FAILED not in statuses.values()
 
 
 # --- default Launchpad config -------------------------------------------------------------
