@@ -9,7 +9,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.checks import build_asset_checks
 from stocksync_dagster.checks.calendar_gaps import evaluate_missing_days
 from stocksync_dagster.checks.completeness import evaluate_completeness
 from stocksync_dagster.checks.factors import evaluate_factor_consistency, evaluate_factor_coverage
@@ -21,7 +20,6 @@ from stocksync_dagster.checks.stock_basic import (
     evaluate_bars_within_listing,
     evaluate_stock_basic_integrity,
 )
-from stocksync_dagster.cli.runs import materialize_range, materialize_unpartitioned
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.sources.demo_market import MarketEvent
@@ -32,11 +30,9 @@ from stocksync_dagster.core.sync import (
     sync_reference_table,
 )
 from stocksync_dagster.core.warehouse import Warehouse, schema
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
-from stocksync_dagster.defs.reference.assets import build_reference_assets
-from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
+from stocksync_dagster.defs.market.jobs import range_tags
 from tests.conftest import DEMO_END, DEMO_START
+from tests.orchestration import build_defs, recent_trading_days
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 DAY = dt.date(2025, 8, 12)
@@ -348,31 +344,24 @@ def test_freshness_by_deadline(loaded: Warehouse) -> None:
 
 def test_checks_run_with_the_assets_and_heal_after_a_rerun(warehouse_url: str) -> None:
     """The Done scenario: demo range green; a deleted day turns the check red; a rerun heals it."""
-    end = trading_calendar.last_settled_trading_day()
-    days = trading_calendar.trading_days(end - dt.timedelta(days=10), end)
-    partitions = trading_day_partitions(days[0])
-    defs = dg.Definitions(
-        assets=[*build_reference_assets(days[0]), *build_market_assets(partitions)],
-        asset_checks=build_asset_checks(days[0]),
-        resources={
-            "source": DemoSourceResource(),
-            "warehouse": WarehouseResource(url=warehouse_url),
-        },
-    )
+    days = recent_trading_days(8)
+    defs = build_defs(warehouse_url)
     instance = dg.DagsterInstance.ephemeral()
     runs = [
-        materialize_unpartitioned(defs, instance, log_level="ERROR"),
-        materialize_range(defs, instance, days[0], end, log_level="ERROR"),
+        defs.resolve_job_def("reference_sync").execute_in_process(instance=instance),
+        defs.resolve_job_def("market_sync").execute_in_process(
+            instance=instance, tags=range_tags(str(days[0]), str(days[-1]))
+        ),
     ]
     evaluations = [e for r in runs for e in r.get_asset_check_evaluations()]
     assert {e.check_name for e in evaluations if not e.passed} == set()
-    assert len(evaluations) == len(defs.asset_checks or [])
+    assert len(evaluations) == len(defs.resolve_asset_graph().asset_check_keys) == 12
 
     hole = days[2]
     run(Warehouse(warehouse_url), sa.delete(schema.daily_bar).where(bar.trade_date == hole))
     check = dg.AssetCheckKey(dg.AssetKey("daily_bars"), "no_missing_trading_days")
     red = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
+        [*(defs.assets or []), *(defs.asset_checks or [])],
         selection=dg.AssetSelection.checks(check),
         instance=instance,
         resources=defs.resources,
@@ -380,13 +369,10 @@ def test_checks_run_with_the_assets_and_heal_after_a_rerun(warehouse_url: str) -
     ).get_asset_check_evaluations()
     assert [(e.passed, e.metadata["missing_day_list"].value) for e in red] == [(False, str(hole))]
 
-    rerun = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        partition_key=hole.isoformat(),
-        instance=instance,
-        selection=dg.AssetSelection.assets("daily_bars")
-        | dg.AssetSelection.checks_for_assets("daily_bars"),
-        resources=defs.resources,
+    rerun = defs.resolve_job_def("market_sync").execute_in_process(
+        instance=instance, partition_key=hole.isoformat()
     )
-    green = {e.check_name: e.passed for e in rerun.get_asset_check_evaluations()}
-    assert green["no_missing_trading_days"] and all(green.values())
+    green = {
+        e.asset_check_key.to_user_string(): e.passed for e in rerun.get_asset_check_evaluations()
+    }
+    assert green["daily_bars:no_missing_trading_days"] and all(green.values())

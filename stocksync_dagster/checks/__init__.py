@@ -1,41 +1,28 @@
-"""Asset checks: the health of every date and every stock, read from the warehouse with SQL.
+"""The evaluation library behind the asset checks: the health of every date and every stock.
 
-One module per family; `build_asset_checks` returns them all for `Definitions`. Checks are
-unpartitioned and take `deps`, never inputs, so nothing is loaded through an IO manager.
+One module per family of `evaluate_*` functions, each reading the warehouse with SQL and
+returning an `AssetCheckResult`. The checks themselves are module-level objects in
+`stocksync_dagster/defs/<domain>/checks.py`: one step per asset evaluates all of its checks.
 """
 
-import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
 
 import dagster as dg
 
-from stocksync_dagster.checks.calendar_gaps import build_missing_days_check
-from stocksync_dagster.checks.completeness import build_completeness_check
-from stocksync_dagster.checks.factors import build_factor_checks
-from stocksync_dagster.checks.failures import build_open_failures_check
-from stocksync_dagster.checks.freshness import build_freshness_check
-from stocksync_dagster.checks.sanity import build_ohlc_sanity_check
-from stocksync_dagster.checks.stock_basic import build_stock_basic_checks
+Evaluator = Callable[[], dg.AssetCheckResult]
 
-MARKET_ASSETS = ("daily_bars", "adj_factor")
-
-__all__ = ["build_asset_checks"]
+__all__ = ["Evaluator", "evaluate_selected"]
 
 
-def build_asset_checks(start_date: dt.date) -> list[dg.AssetChecksDefinition]:
-    """Every asset check; `start_date` is the first partition (STOCKSYNC_START_DATE)."""
-    per_market_asset = [
-        check
-        for asset in MARKET_ASSETS
-        for check in (
-            build_missing_days_check(asset, start_date),
-            build_open_failures_check(asset),
-            build_freshness_check(asset),
-        )
-    ]
-    return [
-        *per_market_asset,
-        build_completeness_check(),
-        build_ohlc_sanity_check(),
-        *build_factor_checks(),
-        *build_stock_basic_checks(),
-    ]
+def evaluate_selected(
+    context: dg.AssetCheckExecutionContext, evaluators: Mapping[dg.AssetCheckKey, Evaluator]
+) -> Iterator[dg.AssetCheckResult]:
+    """Evaluate only the checks this step was asked for, in the order of `evaluators`.
+
+    A check left out of the run's selection (the UI's "Execute" on one check, or a run of only
+    some checks) is not evaluated: Dagster shows it as not executed, not as failed.
+    """
+    selected = context.selected_asset_check_keys
+    for key, evaluate in evaluators.items():
+        if key in selected:
+            yield evaluate()._replace(asset_key=key.asset_key, check_name=key.name)

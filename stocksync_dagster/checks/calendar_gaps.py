@@ -9,15 +9,6 @@ import sqlalchemy as sa
 from stocksync_dagster.checks.report import capped, rerun_hint, result
 from stocksync_dagster.checks.scope import Scope
 from stocksync_dagster.core.warehouse import Warehouse, health
-from stocksync_dagster.core.warehouse.schema import MARKET_TABLES
-from stocksync_dagster.resources import WarehouseResource
-
-
-class MissingDaysConfig(dg.Config):
-    full_history: bool = False
-    """Also count days from STOCKSYNC_START_DATE up to the first loaded day (history not yet
-    backfilled) as missing. Off by default: those show as missing partitions in the UI and
-    `stocksync status`, and the gap sensor loads them; the check is about holes and lost rows."""
 
 
 def evaluate_missing_days(
@@ -68,29 +59,3 @@ def evaluate_missing_days(
         scope,
         metadata,
     )
-
-
-def build_missing_days_check(asset: str, start_date: dt.date) -> dg.AssetChecksDefinition:
-    table = MARKET_TABLES[asset]
-
-    @dg.asset_check(
-        asset=asset,
-        name="no_missing_trading_days",
-        additional_deps=["trade_calendar"],
-        description=(
-            f"Every open day of trade_calendar, from the first loaded day (or STOCKSYNC_START_DATE "
-            f"with full_history) to the latest materialized day, has rows in `{table.name}`. "
-            "Scans the whole history with one SQL query."
-        ),
-    )
-    def no_missing_trading_days(
-        context: dg.AssetCheckExecutionContext,
-        config: MissingDaysConfig,
-        warehouse: WarehouseResource,
-    ) -> dg.AssetCheckResult:
-        materialized = context.instance.get_materialized_partitions(dg.AssetKey(asset))
-        return evaluate_missing_days(
-            warehouse.get(), table, start_date, materialized, config.full_history
-        )
-
-    return no_missing_trading_days

@@ -4,19 +4,11 @@ import dagster as dg
 import pandas as pd
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
-from stocksync_dagster.checks.scope import Scope, run_scope
+from stocksync_dagster.checks.scope import Scope
 from stocksync_dagster.core.warehouse import Warehouse, health
 from stocksync_dagster.core.warehouse.schema import daily_bar
-from stocksync_dagster.resources import WarehouseResource
 
 MAX_DAYS_DETAILED = 20
-
-
-class CompletenessConfig(dg.Config):
-    min_share: float = 0.9
-    """A day fails below this share of listed stocks with a bar. `stock_basic` does not know
-    suspensions (usually 0.5-2% of the market, far more in a crisis such as July 2015), so 1.0
-    would fail every day; 0.9 catches a lost batch of stocks while tolerating suspensions."""
 
 
 def evaluate_completeness(
@@ -61,17 +53,3 @@ def evaluate_completeness(
         scope,
         metadata,
     )
-
-
-def build_completeness_check() -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset="daily_bars", name="complete_per_day", additional_deps=["stock_basic"])
-    def complete_per_day(
-        context: dg.AssetCheckExecutionContext,
-        config: CompletenessConfig,
-        warehouse: WarehouseResource,
-    ) -> dg.AssetCheckResult:
-        """Each day of the run (all history when run alone) has bars for at least `min_share`
-        (default 90%) of the stocks stock_basic lists that day; failing days list missing codes."""
-        return evaluate_completeness(warehouse.get(), run_scope(context), config.min_share)
-
-    return complete_per_day

@@ -4,9 +4,8 @@ import dagster as dg
 import pandas as pd
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
-from stocksync_dagster.checks.scope import Scope, run_scope
+from stocksync_dagster.checks.scope import Scope
 from stocksync_dagster.core.warehouse import Warehouse, health
-from stocksync_dagster.resources import WarehouseResource
 
 FACTOR_WITHOUT_EX_RIGHT = "factor changed but pre_close = previous close"
 
@@ -74,23 +73,3 @@ def evaluate_factor_consistency(warehouse: Warehouse, scope: Scope) -> dg.AssetC
         metadata,
         severity,
     )
-
-
-def build_factor_checks() -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset="adj_factor", name="factor_coverage", additional_deps=["daily_bars"])
-    def factor_coverage(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        """Every bar of the run (all history when run alone) has an adj_factor, and no factor
-        is <= 0. Names the days and codes to re-fetch."""
-        return evaluate_factor_coverage(warehouse.get(), run_scope(context))
-
-    @dg.asset_check(asset="adj_factor", name="factor_consistency", additional_deps=["daily_bars"])
-    def factor_consistency(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        """A factor changes only where pre_close differs from the previous close (an ex-right
-        day): ERROR for an unexplained jump, WARN for an ex-right day whose factor lags."""
-        return evaluate_factor_consistency(warehouse.get(), run_scope(context))
-
-    return [factor_coverage, factor_consistency]

@@ -6,7 +6,6 @@ import pandas as pd
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
 from stocksync_dagster.core.warehouse import Warehouse, health
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
-from stocksync_dagster.resources import WarehouseResource
 
 
 def evaluate_open_failures(warehouse: Warehouse, asset: str) -> dg.AssetCheckResult:
@@ -55,18 +54,3 @@ def evaluate_open_failures(warehouse: Warehouse, asset: str) -> dg.AssetCheckRes
         None,
         metadata,
     )
-
-
-def build_open_failures_check(asset: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=asset,
-        name="no_open_sync_failures",
-        description=(
-            f"No `sync_failure` row of {asset} is open: WARN while pending/retrying (the repair "
-            "sensor is on it), ERROR once abandoned (needs a person). Names days and codes."
-        ),
-    )
-    def no_open_sync_failures(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        return evaluate_open_failures(warehouse.get(), asset)
-
-    return no_open_sync_failures

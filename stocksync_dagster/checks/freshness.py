@@ -8,16 +8,10 @@ import sqlalchemy as sa
 from stocksync_dagster.checks.report import capped, rerun_hint, result
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.warehouse import Warehouse, health
-from stocksync_dagster.core.warehouse.schema import MARKET_TABLES
-from stocksync_dagster.resources import WarehouseResource
 
-DEFAULT_DEADLINE = "20:00"
-
-
-class FreshnessConfig(dg.Config):
-    deadline: str = DEFAULT_DEADLINE
-    """Shanghai time (HH:MM) by which a trading day's data must be in the warehouse; the
-    nightly sync starts 18:30."""
+DEFAULT_DEADLINE = dt.time(20, 0)
+"""Shanghai time by which a trading day's data must be in the warehouse; the nightly sync
+starts 18:30."""
 
 
 def expected_day(now: dt.datetime, deadline: dt.time) -> dt.date:
@@ -30,16 +24,16 @@ def expected_day(now: dt.datetime, deadline: dt.time) -> dt.date:
 
 
 def evaluate_freshness(
-    warehouse: Warehouse, table: sa.Table, now: dt.datetime, deadline: str = DEFAULT_DEADLINE
+    warehouse: Warehouse, table: sa.Table, now: dt.datetime, deadline: dt.time = DEFAULT_DEADLINE
 ) -> dg.AssetCheckResult:
     """Pass when `table` has rows for the expected day; WARN one trading day behind, else ERROR."""
-    due = expected_day(now, dt.time.fromisoformat(deadline))
+    due = expected_day(now, deadline)
     with warehouse.connect() as connection:
         latest = health.latest_day(connection, table)
     metadata: dict[str, object] = {
         "latest_day": str(latest),
         "expected_day": str(due),
-        "deadline": f"{deadline} Asia/Shanghai",
+        "deadline": f"{deadline:%H:%M} Asia/Shanghai",
         "checked_at": now.astimezone(trading_calendar.SHANGHAI).isoformat(timespec="minutes"),
     }
     if latest is not None and latest >= due:
@@ -57,23 +51,3 @@ def evaluate_freshness(
         metadata,
         severity,
     )
-
-
-def build_freshness_check(asset: str) -> dg.AssetChecksDefinition:
-    table = MARKET_TABLES[asset]
-
-    @dg.asset_check(
-        asset=asset,
-        name="fresh",
-        description=(
-            f"`{table.name}` holds the latest trading day once its deadline (default 20:00 "
-            "Shanghai) has passed; WARN one day behind, ERROR more. Reads the warehouse, so an "
-            "empty or deleted day is stale even if Dagster materialized it."
-        ),
-    )
-    def fresh(config: FreshnessConfig, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        return evaluate_freshness(
-            warehouse.get(), table, trading_calendar.shanghai_now(), config.deadline
-        )
-
-    return fresh

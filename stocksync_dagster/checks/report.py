@@ -2,6 +2,7 @@
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -38,11 +39,11 @@ def result(
     passed: bool,
     description: str,
     scope: Scope | None = None,
-    metadata: Mapping[str, object] | None = None,
+    metadata: Mapping[str, Any] | None = None,
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetCheckResult:
     """An `AssetCheckResult` whose description is the one line `stocksync status` prints."""
-    extra = {"scope": scope.label} if scope is not None else {}
+    extra: dict[str, Any] = {"scope": scope.label} if scope is not None else {}
     return dg.AssetCheckResult(
         passed=passed,
         severity=severity,

@@ -3,9 +3,8 @@
 import dagster as dg
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
-from stocksync_dagster.checks.scope import Scope, run_scope
+from stocksync_dagster.checks.scope import Scope
 from stocksync_dagster.core.warehouse import Warehouse, health
-from stocksync_dagster.resources import WarehouseResource
 
 
 def evaluate_ohlc_sanity(warehouse: Warehouse, scope: Scope) -> dg.AssetCheckResult:
@@ -30,21 +29,3 @@ def evaluate_ohlc_sanity(warehouse: Warehouse, scope: Scope) -> dg.AssetCheckRes
     # (ST status history, limit reforms, resumption days), so they only warn.
     severity = dg.AssetCheckSeverity.ERROR if len(hard) else dg.AssetCheckSeverity.WARN
     return result(False, summary, scope, metadata, severity)
-
-
-def build_ohlc_sanity_check() -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset="daily_bars",
-        name="ohlc_sanity",
-        blocking=True,
-        additional_deps=["stock_basic"],
-    )
-    def ohlc_sanity(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        """Bars of the run: prices > 0, low <= open, close <= high, volume and amount >= 0 (ERROR,
-        blocking); pct_chg matches close/pre_close and moves stay within the board's limit
-        (10% main, 20% ChiNext/STAR, 30% BJ, 5% ST; first 5 days after listing exempt) (WARN)."""
-        return evaluate_ohlc_sanity(warehouse.get(), run_scope(context))
-
-    return ohlc_sanity

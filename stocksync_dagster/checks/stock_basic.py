@@ -5,7 +5,6 @@ import dagster as dg
 from stocksync_dagster.checks.report import capped, md_table, result
 from stocksync_dagster.core.warehouse import Warehouse, health
 from stocksync_dagster.core.warehouse.schema import stock_basic
-from stocksync_dagster.resources import WarehouseResource
 
 UNKNOWN_CODE = "not in stock_basic"
 
@@ -56,21 +55,3 @@ def evaluate_bars_within_listing(warehouse: Warehouse) -> dg.AssetCheckResult:
         metadata,
         severity,
     )
-
-
-def build_stock_basic_checks() -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset="stock_basic", name="stock_basic_integrity", blocking=True)
-    def stock_basic_integrity(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        """Unique codes in 600000.SH form, exchange matching the suffix, board matching the
-        code, list_date <= delist_date. Blocking: the market checks trust this table."""
-        return evaluate_stock_basic_integrity(warehouse.get())
-
-    @dg.asset_check(
-        asset="daily_bars", name="bars_within_listing_dates", additional_deps=["stock_basic"]
-    )
-    def bars_within_listing_dates(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        """No bar before a stock's list_date or after its delist_date, and none for a code
-        stock_basic does not know (WARN). One GROUP BY over all history."""
-        return evaluate_bars_within_listing(warehouse.get())
-
-    return [stock_basic_integrity, bars_within_listing_dates]
