@@ -333,7 +333,7 @@ def test_celery_backfill_survives_a_killed_worker(cluster: Cluster) -> None:
     for asset in MARKET_ASSETS:
         ran_on = [e["Celery worker"] for e in _engine_events(instance, run.run_id, asset)]
         assert ran_on == [hostname["source-1"]], asset
-    checks = _engine_events(instance, run.run_id, "daily_bars_ohlc_sanity")
+    checks = _engine_events(instance, run.run_id, "daily_bars_checks")
     assert [e["Celery worker"] for e in checks] == [hostname["general-1"]]
 
     # 2. SIGKILL the source worker in the middle of a step. Its task was not acknowledged
