@@ -34,8 +34,9 @@ class Settings:
     database_url_from_env: bool = False
     source: str = DEFAULT_SOURCE
     start_date: dt.date = DEFAULT_START_DATE
-    baostock_server: tuple[str, int] | None = None
-    tushare_tokens: tuple[str, ...] = ()
+    # Source settings pass through as given: the source resource's fields validate them.
+    baostock_server: str | None = None
+    tushare_tokens: tuple[str, ...] = ()  # to scrub and to check; runs read dg.EnvVar
     tushare_api_url: str | None = None
     alert_webhooks: tuple[str, ...] = field(default_factory=tuple)
     ui_url: str = DEFAULT_UI_URL
@@ -73,9 +74,9 @@ class Settings:
             database_url_from_env=database_url is not None,
             source=validate_source(source),
             start_date=validate_start_date(start) if start else DEFAULT_START_DATE,
-            baostock_server=parse_host_port(server, "BAOSTOCK_SERVER") if server else None,
+            baostock_server=server,
             tushare_tokens=parse_tokens(tokens) if tokens else (),
-            tushare_api_url=validate_http_url(api_url, "TUSHARE_API_URL") if api_url else None,
+            tushare_api_url=api_url,
             alert_webhooks=tuple(
                 validate_webhook_url(u.strip()) for u in (webhooks or "").split(",") if u.strip()
             ),

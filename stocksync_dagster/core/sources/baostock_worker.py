@@ -271,6 +271,14 @@ class WorkerPool:
                     slot.process.wait(timeout=1.0)
             self._kill(slot, state="down")
 
+    def live_pids(self) -> list[int]:
+        """Process ids of the worker processes that are running now."""
+        return [
+            slot.process.pid
+            for slot in self._slots
+            if slot.process is not None and slot.process.poll() is None
+        ]
+
     # -- running tasks ----------------------------------------------------------------------
     def _delay(self, attempts_done: int) -> float:
         return self.backoff * 2 ** (attempts_done - 1) * random.uniform(0.5, 1.5)
