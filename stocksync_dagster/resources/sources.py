@@ -83,7 +83,7 @@ class MarketSourceResource(dg.ConfigurableResource, MarketSource):
 class DemoSourceResource(MarketSourceResource):
     """The deterministic offline demo market (no network)."""
 
-    stocks: int = Field(default=300, ge=1, le=10_000, description="Stocks in the market.")
+    stocks: int = Field(default=300, ge=10, le=10_000, description="Stocks in the market.")
     seed: int = Field(default=42, description="Random seed: the same seed, the same market.")
 
     def make_source(self) -> MarketSource:
