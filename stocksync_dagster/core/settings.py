@@ -34,7 +34,8 @@ class Settings:
     database_url_from_env: bool = False
     source: str = DEFAULT_SOURCE
     start_date: dt.date = DEFAULT_START_DATE
-    # Source settings pass through as given: the source resource's fields validate them.
+    # Checked here so every command rejects a bad value at once; kept as text, which the source
+    # resource's field takes (and turns into an address once, when its pool opens).
     baostock_server: str | None = None
     tushare_tokens: tuple[str, ...] = ()  # to scrub and to check; runs read dg.EnvVar
     tushare_api_url: str | None = None
@@ -74,9 +75,9 @@ class Settings:
             database_url_from_env=database_url is not None,
             source=validate_source(source),
             start_date=validate_start_date(start) if start else DEFAULT_START_DATE,
-            baostock_server=server,
+            baostock_server=validate_host_port(server, "BAOSTOCK_SERVER") if server else None,
             tushare_tokens=parse_tokens(tokens) if tokens else (),
-            tushare_api_url=api_url,
+            tushare_api_url=validate_http_url(api_url, "TUSHARE_API_URL") if api_url else None,
             alert_webhooks=tuple(
                 validate_webhook_url(u.strip()) for u in (webhooks or "").split(",") if u.strip()
             ),
@@ -153,6 +154,12 @@ def parse_host_port(text: str, setting: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(setting, f"{text!r} is not host:port", "e.g. 127.0.0.1:10030")
     return host, int(port)
+
+
+def validate_host_port(text: str, setting: str) -> str:
+    """`text` if it is `host:port`, else a ConfigError naming `setting`."""
+    parse_host_port(text, setting)
+    return text
 
 
 def parse_tokens(text: str) -> tuple[str, ...]:

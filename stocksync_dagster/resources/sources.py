@@ -16,7 +16,12 @@ import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
 from stocksync_dagster.core.errors import ConfigError, StocksyncError
-from stocksync_dagster.core.settings import parse_host_port, parse_tokens, validate_http_url
+from stocksync_dagster.core.settings import (
+    parse_host_port,
+    parse_tokens,
+    validate_host_port,
+    validate_http_url,
+)
 from stocksync_dagster.core.sources.base import FetchResult, MarketSource
 
 
@@ -115,7 +120,7 @@ class BaostockSourceResource(MarketSourceResource):
     def _host_port(cls, server: str | None) -> str | None:
         if server is not None:
             try:
-                parse_host_port(server, "BAOSTOCK_SERVER")
+                validate_host_port(server, "BAOSTOCK_SERVER")
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return server
