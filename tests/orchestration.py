@@ -34,11 +34,20 @@ class DownSourceResource(MarketSourceResource):
 
 def build_defs(warehouse_url: str, source: MarketSourceResource | None = None) -> dg.Definitions:
     """The project's definitions on the demo source (or `source`) and the warehouse at the URL."""
-    return project_defs.with_resources(
-        {
-            "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
-            "warehouse": WarehouseResource(url=warehouse_url),
-        }
+    overrides = {
+        "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
+        "warehouse": WarehouseResource(url=warehouse_url),
+    }
+    # Not `with_resources`: it merges, and merge refuses a second, different resource for a key.
+    return dg.Definitions(
+        assets=project_defs.assets,
+        asset_checks=project_defs.asset_checks,
+        jobs=project_defs.jobs,
+        schedules=project_defs.schedules,
+        sensors=project_defs.sensors,
+        executor=project_defs.executor,
+        loggers=project_defs.loggers,
+        resources={**(project_defs.resources or {}), **overrides},
     )
 
 
