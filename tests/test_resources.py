@@ -70,7 +70,9 @@ def doctor(cwd: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_doctor_passes_with_a_good_tushare_token(tmp_path: Path, tushare: FakeTushareServer) -> None:
+def test_doctor_passes_with_a_good_tushare_token(
+    tmp_path: Path, tushare: FakeTushareServer
+) -> None:
     result = doctor(
         tmp_path, STOCKSYNC_SOURCE="tushare", TUSHARE_TOKEN=GOOD, TUSHARE_API_URL=tushare.url
     )
@@ -147,9 +149,8 @@ def test_an_empty_token_pool_fails_setup_naming_the_variable_not_a_value(
 ) -> None:
     monkeypatch.setenv("TEST_TUSHARE_TOKENS", " , ")
     resource = TushareSourceResource(tokens=dg.EnvVar("TEST_TUSHARE_TOKENS"))
-    with pytest.raises(Exception) as info:
-        with dg.build_resources({"source": resource}):
-            pass
+    with pytest.raises(Exception) as info, dg.build_resources({"source": resource}):
+        pass
     assert "TUSHARE_TOKEN: no token given" in str(info.value.__cause__ or info.value)
 
 

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.defs.health import alerts
 from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
 from stocksync_dagster.resources import TushareSourceResource, WarehouseResource

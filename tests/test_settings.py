@@ -87,7 +87,7 @@ def test_redaction_hides_passwords_paths_and_queries() -> None:
 
 
 def test_source_retries_feed_every_source_assets_retry_policy() -> None:
-    """tests/conftest.py sets STOCKSYNC_SOURCE_RETRIES=2, STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS=0.1."""
+    """tests/conftest.py: STOCKSYNC_SOURCE_RETRIES=2, STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS=0.1."""
     import dagster as dg
 
     from stocksync_dagster.defs.market.assets import adj_factor, daily_bars

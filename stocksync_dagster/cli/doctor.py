@@ -48,9 +48,9 @@ def _database(resource: dg.ConfigurableResource) -> str:
     with dg.build_resources({"warehouse": resource}) as resources:
         warehouse = resources.warehouse.get()
         url = sa.make_url(warehouse.url)
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            if not Path(url.database).exists():
-                return f"{warehouse.safe_url} (not created yet: the first run creates it)"
+        path = url.database if url.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and not Path(path).exists():
+            return f"{warehouse.safe_url} (not created yet: the first run creates it)"
         try:
             version = warehouse.schema_version()
         except sa.exc.SQLAlchemyError as exc:

@@ -102,7 +102,7 @@ class BaostockSourceResource(MarketSourceResource):
 
     server: str | None = Field(
         default=None,
-        description="host:port of the baostock server (BAOSTOCK_SERVER); empty = the library's own.",
+        description="host:port of the baostock server (BAOSTOCK_SERVER); None: the library's.",
     )
     workers: int = Field(
         default=4, ge=1, le=32, description="Logged-in worker processes (parallel sessions)."

@@ -155,7 +155,7 @@ def worker_main(
 
 
 def _child() -> None:
-    """Entry point: `python -m stocksync_dagster.core.sources.baostock_worker IN OUT HOST PORT T`."""
+    """Entry point: `python -m <this module> IN OUT HOST PORT TIMEOUT`."""
     fd_in, fd_out, host, port, timeout = sys.argv[1:6]
     worker_main(
         Connection(int(fd_in), writable=False),
