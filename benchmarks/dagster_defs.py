@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,23 +12,16 @@ from typing import Any
 import dagster as dg
 
 from benchmarks.common import ROOT
-from stocksync_dagster.checks import build_asset_checks
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
-from stocksync_dagster.defs.reference.assets import build_reference_assets
-from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
+from stocksync_dagster.resources import MarketSourceResource
+from tests.orchestration import build_defs as project_defs_with
 
 
-def build_defs(start: dt.date, source: MarketSourceResource, warehouse_url: str) -> dg.Definitions:
-    """The project's assets and checks with `source` and a scratch warehouse."""
-    return dg.Definitions(
-        assets=[
-            *build_reference_assets(start),
-            *build_market_assets(trading_day_partitions(start)),
-        ],
-        asset_checks=build_asset_checks(start),
-        resources={"source": source, "warehouse": WarehouseResource(url=warehouse_url)},
-    )
+def build_defs(source: MarketSourceResource, warehouse_url: str) -> dg.Definitions:
+    """The project's real definitions with `source` and a scratch warehouse.
+
+    Partitions start at STOCKSYNC_START_DATE (default 2025-01-02, the sizes' first day).
+    """
+    return project_defs_with(warehouse_url, source)
 
 
 @contextlib.contextmanager

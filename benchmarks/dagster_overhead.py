@@ -43,7 +43,7 @@ def run(size: Size) -> Outcome:
     out = Outcome(params={"partitions": n, "demo_stocks": DEMO_STOCKS})
     with tempfile.TemporaryDirectory(prefix="stocksync_bench_") as tmp:
         url = f"sqlite:///{Path(tmp) / 'warehouse.db'}"
-        defs = build_defs(size.start, DemoSourceResource(stocks=DEMO_STOCKS), url)
+        defs = build_defs(DemoSourceResource(stocks=DEMO_STOCKS), url)
         keys = defs.resolve_assets_def("daily_bars").partitions_def.get_partition_keys()  # type: ignore[union-attr]
         keys = [k for k in keys if k >= size.start.isoformat()][:n]
         with temp_instance() as instance:

@@ -85,7 +85,7 @@ def range_run(
     source = BaostockSourceResource(server=address)
     if workers is not None:
         source = BaostockSourceResource(server=address, workers=workers)
-    defs = build_defs(size.start, source, url)
+    defs = build_defs(source, url)
     with temp_instance() as instance:
         materialize_unpartitioned(defs, instance, log_level="WARNING")
         with PeakRss(exclude={server_pid}) as rss:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import time
 
+import dagster as dg
+
 from benchmarks.common import Outcome, PeakRss, Row, in_fresh_process
 from benchmarks.history import baostock_server
 from benchmarks.sizes import Size
-from stocksync_dagster.core.sources.baostock import BaostockSource
+from stocksync_dagster.core.sources.base import MarketSource
 from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
 from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.resources import BaostockSourceResource
 
 
-def _alive_codes(source: BaostockSource, size: Size) -> list[str]:
+def _alive_codes(source: MarketSource, size: Size) -> list[str]:
     basic = source.stock_basic()
     alive = (basic["list_date"] <= size.end) & basic["delist_date"].map(
         lambda d: d is None or d != d or d >= size.start
@@ -29,15 +32,18 @@ def _case(address: str, pid: int, url: str, size: Size, stocks: int, workers: in
     warehouse = Warehouse(url)
     with warehouse.begin() as connection:
         connection.execute(DAILY_BARS.table.delete())
-    source = BaostockSource(server=address, workers=workers)
+    resource = BaostockSourceResource(server=address, workers=workers)
     try:
-        codes = _alive_codes(source, size)[:stocks]
-        with PeakRss(exclude={pid}) as rss:
-            began = time.perf_counter()
-            report = sync_market_range(DAILY_BARS, source, warehouse, size.start, size.end, codes)
-            seconds = time.perf_counter() - began
+        with dg.build_resources({"source": resource}) as resources:
+            source = resources.source
+            codes = _alive_codes(source, size)[:stocks]
+            with PeakRss(exclude={pid}) as rss:
+                began = time.perf_counter()
+                report = sync_market_range(
+                    DAILY_BARS, source, warehouse, size.start, size.end, codes
+                )
+                seconds = time.perf_counter() - began
     finally:
-        source.close()
         warehouse.dispose()
     return Row(
         "scaling",
@@ -61,7 +67,7 @@ def run(size: Size, url: str) -> Outcome:
             "latency_ms": size.latency_ms,
         }
     )
-    default_workers = BaostockSource.__init__.__defaults__[1]  # type: ignore[index]
+    default_workers = BaostockSourceResource.model_fields["workers"].default
     with baostock_server(size, max(size.scaling_stocks)) as (address, pid):
         for stocks in size.scaling_stocks:
             row = in_fresh_process(_case, address, pid, url, size, stocks, default_workers)

@@ -1,10 +1,12 @@
 """The project's real definitions for orchestration tests, with resources swapped per test."""
 
 import datetime as dt
+from typing import NoReturn
 
 import dagster as dg
 
 from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.sources.base import MarketSource
 from stocksync_dagster.definitions import defs as project_defs
 from stocksync_dagster.defs.market.jobs import range_tags
 from stocksync_dagster.resources import DemoSourceResource, MarketSourceResource, WarehouseResource
@@ -12,18 +14,31 @@ from stocksync_dagster.resources import DemoSourceResource, MarketSourceResource
 DEMO_STOCKS = 20
 
 
-class DownSourceResource(MarketSourceResource):
-    """A source that is down: the step fails at once (no retry), so the partition is FAILED."""
+class _UnreachableSource(MarketSource):
+    """Every call fails at once (no retry)."""
 
-    def open(self):  # type: ignore[no-untyped-def]
+    def _down(self, *args: object) -> NoReturn:
         raise dg.Failure(
             "source unreachable at https://api.example/x?token=SECRET123", allow_retries=False
         )
 
+    trade_calendar = stock_basic = daily_bars = adj_factors = _down  # type: ignore[assignment]
+
+
+class DownSourceResource(MarketSourceResource):
+    """A source that is down: the step fails at once (no retry), so the partition is FAILED."""
+
+    def make_source(self) -> MarketSource:
+        return _UnreachableSource()
+
 
 def build_defs(warehouse_url: str, source: MarketSourceResource | None = None) -> dg.Definitions:
     """The project's definitions on the demo source (or `source`) and the warehouse at the URL."""
-    # `with_resources` merges and refuses keys the definitions already bind: rebuild instead.
+    overrides = {
+        "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
+        "warehouse": WarehouseResource(url=warehouse_url),
+    }
+    # Not `with_resources`: it merges, and merge refuses a second, different resource for a key.
     return dg.Definitions(
         assets=project_defs.assets,
         asset_checks=project_defs.asset_checks,
@@ -33,11 +48,7 @@ def build_defs(warehouse_url: str, source: MarketSourceResource | None = None) -
         executor=project_defs.executor,
         loggers=project_defs.loggers,
         metadata=project_defs.metadata,
-        resources={
-            **(project_defs.resources or {}),
-            "source": source or DemoSourceResource(stocks=DEMO_STOCKS),
-            "warehouse": WarehouseResource(url=warehouse_url),
-        },
+        resources={**(project_defs.resources or {}), **overrides},
     )
 
 

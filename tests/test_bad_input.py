@@ -25,17 +25,13 @@ from stocksync_dagster.core.sources.base import FetchResult, MarketSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
 from tests.support import closing_warehouse
 
 DAY = dt.date(2025, 8, 5)
 HOSTILE = "600000.SH'); DROP TABLE daily_bar;--"
 MARKET = DemoMarket(30, seed=3, origin=dt.date(2025, 1, 2))
-ASSETS = build_market_assets(
-    trading_day_partitions(dt.date(2025, 8, 1)), retry_policy=dg.RetryPolicy(max_retries=0)
-)
 TAGS = {
     "dagster/asset_partition_range_start": DAY.isoformat(),
     "dagster/asset_partition_range_end": DAY.isoformat(),
@@ -101,7 +97,7 @@ class FrameSource(MarketSource):
 
 
 class MalformedSourceResource(MarketSourceResource):
-    def open(self) -> MarketSource:
+    def make_source(self) -> MarketSource:
         frame, _ = malformed_rows()
         return FrameSource(pd.concat([good_rows(), frame], ignore_index=True))
 
@@ -121,7 +117,7 @@ def materialize_bars_capturing_sql(
     sa.event.listen(engine, "before_cursor_execute", listener)
     try:
         result = dg.materialize(
-            ASSETS,
+            [daily_bars, adj_factor],
             selection=["daily_bars"],
             tags=TAGS,
             raise_on_error=False,

@@ -34,12 +34,10 @@ from pathlib import Path
 url, folder, role = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 import dagster as dg
 from stocksync_dagster.core import sync
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 
-assets = build_market_assets(trading_day_partitions(sync.dt.date(2025, 8, 1)),
-                             retry_policy=dg.RetryPolicy(max_retries=0))
+assets = [daily_bars, adj_factor]
 go = folder / "go"
 if role == "holder":
     real_upsert = sync.upsert_frame

@@ -17,8 +17,7 @@ from stocksync_dagster.core import sync
 from stocksync_dagster.core.sources.demo import shared_market
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.core.warehouse import engine as warehouse_engine
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.market.assets import daily_bars
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 from stocksync_dagster.resources import warehouse as warehouse_resource
 from tests.conftest import _truncate
@@ -80,13 +79,13 @@ def count_rows(url: str) -> int:
     return int(count)
 
 
-def run(proxy_url: str, retries: int) -> dg.ExecuteInProcessResult:
-    assets = build_market_assets(
-        trading_day_partitions(dt.date(2025, 8, 1)),
-        retry_policy=dg.RetryPolicy(max_retries=retries, delay=0.2),
-    )
+# The assets' own RetryPolicy (STOCKSYNC_SOURCE_RETRIES; tests/conftest.py: 2 retries, 0.1 s).
+RETRIES = daily_bars.op.retry_policy.max_retries  # type: ignore[union-attr]
+
+
+def run(proxy_url: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        assets,
+        [daily_bars],
         selection=["daily_bars"],
         resources={
             "source": DemoSourceResource(stocks=STOCKS),
@@ -143,8 +142,9 @@ def test_outage_mid_write_fails_clearly_retries_and_heals_without_partial_rows_o
 
     monkeypatch.setattr(sync, "upsert_frame", upsert_then_cut)
     monkeypatch.setattr(sync, "open_days_between", attempt)
+    assert RETRIES >= 2, "this test needs a first try and two retries"
     try:
-        result = run(proxy_url, retries=3)
+        result = run(proxy_url)
         assert result.success
         assert attempts == [1, 2, 3]
         errors = step_errors(result)
@@ -171,10 +171,10 @@ def test_outage_that_outlasts_the_retries_fails_the_run_with_one_clear_error(
     proxy_url = through(proxy, database)
     try:
         proxy.cut()
-        result = run(proxy_url, retries=1)
+        result = run(proxy_url)
         assert not result.success
         errors = step_errors(result)
-        assert len(errors) == 2
+        assert len(errors) == RETRIES + 1
         assert all("STOCKSYNC_DATABASE_URL: cannot use the warehouse" in e for e in errors)
         assert all(PASSWORD not in e and "\n" not in e.strip() for e in errors)
         proxy.restore()

@@ -18,17 +18,16 @@ import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from dagster._serdes import serialize_value
 
+from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.health.alerts import build_alert_sensor
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.health import alerts
+from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
 from stocksync_dagster.resources import TushareSourceResource, WarehouseResource
 from tests.conftest import _truncate
 from tests.fakes.tushare_server import FakeTushareServer
-from tests.test_alerts import Handler, Receiver
+from tests.fakes.webhook_receiver import Handler, Receiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -69,11 +68,8 @@ def with_password(url: str, port: int | None = None) -> str:
 
 def run(instance: dg.DagsterInstance, api_url: str) -> dg.ExecuteInProcessResult:
     """A range run with resources built as definitions.py builds them: secrets as EnvVars."""
-    assets = build_market_assets(
-        trading_day_partitions(dt.date(2025, 8, 1)), retry_policy=dg.RetryPolicy(max_retries=1)
-    )
     return dg.materialize(
-        assets,
+        [daily_bars, adj_factor],
         instance=instance,
         resources={
             "source": TushareSourceResource(
@@ -95,7 +91,7 @@ def run(instance: dg.DagsterInstance, api_url: str) -> dg.ExecuteInProcessResult
 
 def alert(instance: dg.DagsterInstance, run_id: str, webhook: str) -> None:
     """Evaluate the project's failure-alert sensor on a failed run."""
-    sensor = build_alert_sensor([webhook], "http://ui.example:3000", secrets=[TOKEN])
+    sensor = alerts.failure_alert_sensor
     dagster_run = instance.get_run_by_id(run_id)
     event = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0]
     context = dg.build_run_status_sensor_context(
@@ -122,6 +118,10 @@ def test_no_secret_in_logs_events_metadata_errors_tables_or_alerts(
     monkeypatch.setenv("TUSHARE_TOKEN", TOKEN)
     monkeypatch.setenv("STOCKSYNC_DATABASE_URL", database_url)
     monkeypatch.setenv("STOCKSYNC_ALERT_WEBHOOKS", webhook)
+    monkeypatch.setenv("STOCKSYNC_UI_URL", "http://ui.example:3000")
+    # The module-level sensor read its settings when the definitions were imported (before this
+    # test set the webhook and the token): give it this environment's settings.
+    monkeypatch.setattr(alerts, "_settings", Settings.from_env())
     # INFO: what the project logs (python_logs.python_log_level). At DEBUG, urllib3 itself logs
     # every request line, webhook path and query included (see docs/reliability.md).
     caplog.set_level(logging.INFO)
@@ -144,9 +144,9 @@ def test_no_secret_in_logs_events_metadata_errors_tables_or_alerts(
         haystack = {"console": "".join(capsys.readouterr()), "python logs": caplog.text}
         for result in (source_failed, database_down):
             run_record = instance.get_run_by_id(result.run_id)
-            haystack[f"run {result.run_id}"] = serialize_value(run_record)
+            haystack[f"run {result.run_id}"] = dg.serialize_value(run_record)
             for i, entry in enumerate(instance.all_logs(result.run_id)):
-                haystack[f"run {result.run_id} event {i}"] = serialize_value(entry)
+                haystack[f"run {result.run_id} event {i}"] = dg.serialize_value(entry)
     with Warehouse(postgres_server_url).connect() as connection:
         for table in ("sync_failure", "sync_rejected_row"):
             haystack[table] = pd.read_sql(sa.text(f"SELECT * FROM {table}"), connection).to_json()

@@ -36,7 +36,7 @@ def test_values_are_parsed() -> None:
     )
     assert settings.source == "tushare"
     assert settings.start_date == dt.date(2024, 3, 1)
-    assert settings.baostock_server == ("127.0.0.1", 10030)
+    assert settings.baostock_server == "127.0.0.1:10030"  # the resource field takes the text
     assert settings.tushare_tokens == ("a1", "b2")
     assert len(settings.alert_webhooks) == 2
     assert settings.database_url_from_env
@@ -84,3 +84,26 @@ def test_redaction_hides_passwords_paths_and_queries() -> None:
     assert (
         redact_url("https://hooks.slack.com/services/T0/B0/SECRET") == "https://hooks.slack.com/***"
     )
+
+
+def test_source_retries_feed_every_source_assets_retry_policy() -> None:
+    """tests/conftest.py: STOCKSYNC_SOURCE_RETRIES=2, STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS=0.1."""
+    import dagster as dg
+
+    from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+    from stocksync_dagster.defs.reference.assets import stock_basic, trade_calendar
+
+    for asset in (daily_bars, adj_factor, trade_calendar, stock_basic):
+        policy = asset.op.retry_policy
+        assert policy is not None
+        assert (policy.max_retries, policy.delay) == (2, 0.1)
+        assert (policy.backoff, policy.jitter) == (dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("STOCKSYNC_SOURCE_RETRIES", "21"), ("STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS", "-1")],
+)
+def test_bad_retry_settings_name_the_setting(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: "):
+        Settings.from_env({variable: value})

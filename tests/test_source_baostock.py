@@ -29,6 +29,7 @@ START, END = dt.date(2024, 1, 2), dt.date(2024, 2, 29)
 AS_OF = dt.date(2024, 3, 29)
 KEY = ["trade_date", "code"]
 K_DATA = "query_history_k_data_plus"
+LOCAL = "127.0.0.1"
 FAST = {"call_timeout_seconds": 1.5, "backoff_seconds": 0.05}
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,7 +63,7 @@ def _no_faults(server: FakeBaostockServer) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def source(server: FakeBaostockServer) -> Iterator[BaostockSource]:
-    with BaostockSource(server=server.address, workers=4, max_attempts=3, **FAST) as src:
+    with BaostockSource(server=(LOCAL, server.port), workers=4, max_attempts=3, **FAST) as src:
         yield src
 
 
@@ -118,7 +119,7 @@ def test_trade_calendar(source: BaostockSource, market: DemoMarket) -> None:
 def test_adj_factors_equal_market_two_calls_per_stock(
     server: FakeBaostockServer, market: DemoMarket
 ) -> None:
-    with BaostockSource(server=server.address, workers=2, **FAST) as src:
+    with BaostockSource(server=(LOCAL, server.port), workers=2, **FAST) as src:
         result = src.adj_factors(START, END)
         universe = len(src._universe(START, END, None))
         assert result.calls == 2 * universe
@@ -169,7 +170,7 @@ def test_persistent_fault_is_reported(
     victim = _victim(market)
     server.inject(kind, call=K_DATA, code=victim, times=None)
     started = time.monotonic()
-    with BaostockSource(server=server.address, workers=3, max_attempts=2, **FAST) as src:
+    with BaostockSource(server=(LOCAL, server.port), workers=3, max_attempts=2, **FAST) as src:
         result = src.daily_bars(START, END)
     assert time.monotonic() - started < 20
     assert [f.code for f in result.failures] == [victim]
@@ -203,7 +204,7 @@ def test_malformed_rows_are_rejected(
 def test_login_failure_everywhere_raises_source_unavailable(server: FakeBaostockServer) -> None:
     server.inject("login_fail", times=None)
     started = time.monotonic()
-    src = BaostockSource(server=server.address, workers=2, max_attempts=2, **FAST)
+    src = BaostockSource(server=(LOCAL, server.port), workers=2, max_attempts=2, **FAST)
     with pytest.raises(SourceUnavailableError) as caught, src:
         src.daily_bars(START, END)
     assert time.monotonic() - started < 15
@@ -214,7 +215,7 @@ def test_login_failure_everywhere_raises_source_unavailable(server: FakeBaostock
 
 def test_transient_login_failure_recovers(server: FakeBaostockServer, market: DemoMarket) -> None:
     server.inject("login_fail", times=2)
-    with BaostockSource(server=server.address, workers=2, max_attempts=3, **FAST) as src:
+    with BaostockSource(server=(LOCAL, server.port), workers=2, max_attempts=3, **FAST) as src:
         result = src.daily_bars(START, END)
     assert result.failures == []
     _assert_same(result.frame, market.bars(START, END))
@@ -222,7 +223,7 @@ def test_transient_login_failure_recovers(server: FakeBaostockServer, market: De
 
 def test_unreachable_server_raises_source_unavailable() -> None:
     started = time.monotonic()
-    src = BaostockSource(server="127.0.0.1:9", workers=1, max_attempts=2, **FAST)
+    src = BaostockSource(server=(LOCAL, 9), workers=1, max_attempts=2, **FAST)
     with pytest.raises(SourceUnavailableError, match=r"127\.0\.0\.1:9"), src:
         src.trade_calendar(START, END)
     assert time.monotonic() - started < 15
@@ -252,7 +253,7 @@ def test_error_on_page_two(
     victim = str(counts.index[0])
     assert counts.iloc[0] > 2000  # the reply spans two pages
     long_server.inject("page2_error", call=K_DATA, code=victim, times=times)
-    with BaostockSource(server=long_server.address, workers=2, max_attempts=2, **FAST) as src:
+    with BaostockSource(server=(LOCAL, long_server.port), workers=2, max_attempts=2, **FAST) as src:
         result = src.daily_bars(LONG_START, LONG_END)
     if times is None:
         assert [f.code for f in result.failures] == [victim]

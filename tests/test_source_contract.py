@@ -18,8 +18,7 @@ import sqlalchemy as sa
 
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import build_market_assets
-from stocksync_dagster.defs.market.partitions import trading_day_partitions
+from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     TushareSourceResource,
@@ -34,9 +33,6 @@ ORIGIN = dt.date(2025, 1, 2)
 START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 21)
 AS_OF = dt.date(2025, 4, 30)
 TOKEN = "tok-contract-4b1d2e9f0a77"
-MARKET_ASSETS = build_market_assets(
-    trading_day_partitions(ORIGIN), retry_policy=dg.RetryPolicy(max_retries=0)
-)
 
 
 def range_tags(start: dt.date = START, end: dt.date = END) -> dict[str, str]:
@@ -111,7 +107,7 @@ def expected(frame: pd.DataFrame) -> pd.DataFrame:
 def materialize(resource: dg.ConfigurableResource, url: str, **kwargs) -> dg.ExecuteInProcessResult:
     resources = {"source": resource, "warehouse": WarehouseResource(url=url)}
     return dg.materialize(
-        MARKET_ASSETS,
+        [daily_bars, adj_factor],
         resources=resources,
         tags=kwargs.pop("tags", range_tags()),
         raise_on_error=False,

@@ -1,44 +1,71 @@
-"""`stocksync doctor`: is the configuration valid, the database reachable, the source answering?"""
+"""`stocksync doctor`: is the configuration valid, the database reachable, the source answering?
+
+The warehouse and the source are the resources a run uses, opened the way a run opens them
+(`dg.build_resources`: `EnvVar`s resolved, setup and teardown hooks run). Nothing is written.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
+from pathlib import Path
 
 import click
+import dagster as dg
+import pydantic
+import sqlalchemy as sa
 
 from stocksync_dagster.core.errors import StocksyncError
 from stocksync_dagster.core.settings import Settings, redact_url
-from stocksync_dagster.core.warehouse import Warehouse
 
 SOURCE_TIMEOUT_SECONDS = 30
+
+
+def first_line(exc: BaseException) -> str:
+    """One readable line for an error, from the cause Dagster wrapped if it wrapped one."""
+    while isinstance(exc, dg.DagsterError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check(label: str, probe: Callable[[], str]) -> bool:
     try:
         detail = probe()
     except Exception as exc:  # every failure becomes one readable line
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"  FAIL  {label}: {message}")
+        click.echo(f"  FAIL  {label}: {first_line(exc)}")
         return False
     click.echo(f"  ok    {label}: {detail}")
     return True
 
 
-def _database(settings: Settings) -> str:
-    warehouse = Warehouse(settings.database_url)
-    warehouse.ensure_schema()
-    return f"{warehouse.safe_url} (schema version {warehouse.schema_version()})"
+def _database(resource: dg.ConfigurableResource) -> str:
+    with dg.build_resources({"warehouse": resource}) as resources:
+        warehouse = resources.warehouse.get()
+        url = sa.make_url(warehouse.url)
+        path = url.database if url.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and not Path(path).exists():
+            return f"{warehouse.safe_url} (not created yet: the first run creates it)"
+        try:
+            version = warehouse.schema_version()
+        except sa.exc.SQLAlchemyError as exc:
+            detail = first_line(getattr(exc, "orig", None) or exc).replace(
+                warehouse.url, warehouse.safe_url
+            )
+            raise StocksyncError(f"cannot reach {warehouse.safe_url}: {detail}") from None
+        return f"{warehouse.safe_url} (schema version {version or 'none yet'})"
 
 
-def _source(settings: Settings) -> str:
-    from stocksync_dagster.resources import build_source_resource
-
-    resource = build_source_resource(settings)
+def _source(settings: Settings, resource: dg.ConfigurableResource) -> str:
     if settings.source == "tushare" and not settings.tushare_tokens:
         raise StocksyncError("TUSHARE_TOKEN: not set (required for STOCKSYNC_SOURCE=tushare)")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(lambda: _probe_source(resource))
+    future = pool.submit(_probe_source, resource)
     try:
         return future.result(timeout=SOURCE_TIMEOUT_SECONDS)
     except concurrent.futures.TimeoutError:
@@ -49,27 +76,32 @@ def _source(settings: Settings) -> str:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _probe_source(resource: object) -> str:
-    with resource.open() as source:  # type: ignore[attr-defined]
-        return source.check_connection()
+def _probe_source(resource: dg.ConfigurableResource) -> str:
+    with dg.build_resources({"source": resource}) as resources:
+        return resources.source.check_connection()
 
 
 def run_doctor(settings: Settings) -> bool:
     """Print one line per check; True when everything is fine."""
+    from stocksync_dagster.defs.resources import project_resources
+
     click.echo("configuration")
     click.echo(f"  ok    STOCKSYNC_SOURCE: {settings.source}")
     click.echo(f"  ok    STOCKSYNC_START_DATE: {settings.start_date}")
-    if settings.baostock_server:
-        click.echo(
-            f"  ok    BAOSTOCK_SERVER: {settings.baostock_server[0]}:{settings.baostock_server[1]}"
-        )
+    try:
+        resources = project_resources(settings)
+    except (pydantic.ValidationError, StocksyncError) as exc:
+        click.echo(f"  FAIL  {settings.source} settings: {first_line(exc)}")
+        return False
+    if settings.source == "baostock" and settings.baostock_server:
+        click.echo(f"  ok    BAOSTOCK_SERVER: {settings.baostock_server}")
     if settings.source == "tushare":
         click.echo(f"  ok    TUSHARE_TOKEN: {len(settings.tushare_tokens)} token(s) (not shown)")
-    if settings.tushare_api_url:
-        click.echo(f"  ok    TUSHARE_API_URL: {redact_url(settings.tushare_api_url)}")
+        if settings.tushare_api_url:
+            click.echo(f"  ok    TUSHARE_API_URL: {redact_url(settings.tushare_api_url)}")
     click.echo(f"  ok    STOCKSYNC_ALERT_WEBHOOKS: {len(settings.alert_webhooks)} webhook(s)")
     click.echo("database")
-    ok = _check("warehouse", lambda: _database(settings))
+    ok = _check("warehouse", lambda: _database(resources["warehouse"]))
     click.echo("source")
-    ok = _check(settings.source, lambda: _source(settings)) and ok
+    ok = _check(settings.source, lambda: _source(settings, resources["source"])) and ok
     return ok

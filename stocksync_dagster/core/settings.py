@@ -34,8 +34,10 @@ class Settings:
     database_url_from_env: bool = False
     source: str = DEFAULT_SOURCE
     start_date: dt.date = DEFAULT_START_DATE
-    baostock_server: tuple[str, int] | None = None
-    tushare_tokens: tuple[str, ...] = ()
+    # Checked here so every command rejects a bad value at once; kept as text, which the source
+    # resource's field takes (and turns into an address once, when its pool opens).
+    baostock_server: str | None = None
+    tushare_tokens: tuple[str, ...] = ()  # to scrub and to check; runs read dg.EnvVar
     tushare_api_url: str | None = None
     alert_webhooks: tuple[str, ...] = field(default_factory=tuple)
     ui_url: str = DEFAULT_UI_URL
@@ -73,7 +75,7 @@ class Settings:
             database_url_from_env=database_url is not None,
             source=validate_source(source),
             start_date=validate_start_date(start) if start else DEFAULT_START_DATE,
-            baostock_server=parse_host_port(server, "BAOSTOCK_SERVER") if server else None,
+            baostock_server=validate_host_port(server, "BAOSTOCK_SERVER") if server else None,
             tushare_tokens=parse_tokens(tokens) if tokens else (),
             tushare_api_url=validate_http_url(api_url, "TUSHARE_API_URL") if api_url else None,
             alert_webhooks=tuple(
@@ -152,6 +154,12 @@ def parse_host_port(text: str, setting: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(setting, f"{text!r} is not host:port", "e.g. 127.0.0.1:10030")
     return host, int(port)
+
+
+def validate_host_port(text: str, setting: str) -> str:
+    """`text` if it is `host:port`, else a ConfigError naming `setting`."""
+    parse_host_port(text, setting)
+    return text
 
 
 def parse_tokens(text: str) -> tuple[str, ...]:

@@ -4,8 +4,8 @@ from stocksync_dagster.resources.sources import (
     BaostockSourceResource,
     DemoSourceResource,
     MarketSourceResource,
+    SourceNotOpenError,
     TushareSourceResource,
-    build_source_resource,
 )
 from stocksync_dagster.resources.warehouse import WarehouseResource, build_warehouse_resource
 
@@ -13,8 +13,8 @@ __all__ = [
     "BaostockSourceResource",
     "DemoSourceResource",
     "MarketSourceResource",
+    "SourceNotOpenError",
     "TushareSourceResource",
     "WarehouseResource",
-    "build_source_resource",
     "build_warehouse_resource",
 ]

@@ -1,32 +1,97 @@
-"""Source resources: one per implementation, chosen by `STOCKSYNC_SOURCE` when definitions load.
+"""Source resources: each resource IS a market source (`source.daily_bars(...)`).
 
-Assets depend on `MarketSourceResource` and call `open()`; they never branch on the source.
+One class per source, chosen once by `STOCKSYNC_SOURCE` (`defs/resources.py`). Fields are the
+settings, validated when the resource is built; `setup_for_execution` builds the engine from
+`core/sources/` (worker pool, token pool) for one run or step, `teardown_after_execution` closes it.
 """
 
 from __future__ import annotations
 
 import abc
+import datetime as dt
+from collections.abc import Sequence
 
 import dagster as dg
+import pandas as pd
+from pydantic import Field, PrivateAttr, field_validator
 
-from stocksync_dagster.core.settings import Settings
-from stocksync_dagster.core.sources.base import MarketSource
+from stocksync_dagster.core.errors import ConfigError, StocksyncError
+from stocksync_dagster.core.settings import (
+    parse_host_port,
+    parse_tokens,
+    validate_host_port,
+    validate_http_url,
+)
+from stocksync_dagster.core.sources.base import FetchResult, MarketSource
 
 
-class MarketSourceResource(dg.ConfigurableResource, abc.ABC):
-    """Opens a `MarketSource` for one step; close it when done (`with resource.open() as src`)."""
+class SourceNotOpenError(StocksyncError):
+    """A source resource was called outside a run (its engine is built by setup_for_execution)."""
+
+
+class MarketSourceResource(dg.ConfigurableResource, MarketSource):
+    """A market data source; subclasses say how to build their engine (`make_source`)."""
+
+    _source: MarketSource | None = PrivateAttr(default=None)
 
     @abc.abstractmethod
-    def open(self) -> MarketSource: ...
+    def make_source(self) -> MarketSource:
+        """The engine for this configuration (opens pools, not yet connections)."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._source = self.make_source()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the engine's sessions and processes (idempotent)."""
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
+
+    @property
+    def source(self) -> MarketSource:
+        """The open engine; only inside a run, a step or `dg.build_resources`."""
+        if self._source is None:
+            raise SourceNotOpenError(
+                f"{type(self).__name__} is not open: use it inside a run, or open it with "
+                "`with dg.build_resources({'source': resource}) as resources:`"
+            )
+        return self._source
+
+    def trade_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
+        """Every calendar day in [start, end] with `is_open`."""
+        return self.source.trade_calendar(start, end)
+
+    def stock_basic(self) -> pd.DataFrame:
+        """The security master (stocks only), listed and delisted."""
+        return self.source.stock_basic()
+
+    def daily_bars(
+        self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
+    ) -> FetchResult:
+        """Unadjusted daily bars for [start, end]; `codes` limits the fetch (repairs)."""
+        return self.source.daily_bars(start, end, codes)
+
+    def adj_factors(
+        self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
+    ) -> FetchResult:
+        """Cumulative adjustment factors per stock and traded day in [start, end]."""
+        return self.source.adj_factors(start, end, codes)
+
+    def check_connection(self) -> str:
+        """Reach the source once; a one-line description, or SourceError if it is down."""
+        return self.source.check_connection()
 
 
 class DemoSourceResource(MarketSourceResource):
-    """Deterministic offline market (no network)."""
+    """The deterministic offline demo market (no network)."""
 
-    stocks: int = 300
-    seed: int = 42
+    stocks: int = Field(default=300, ge=10, le=10_000, description="Stocks in the market.")
+    seed: int = Field(default=42, description="Random seed: the same seed, the same market.")
 
-    def open(self) -> MarketSource:
+    def make_source(self) -> MarketSource:
         from stocksync_dagster.core.sources.demo import DemoSource
 
         return DemoSource(n_stocks=self.stocks, seed=self.seed)
@@ -35,17 +100,36 @@ class DemoSourceResource(MarketSourceResource):
 class BaostockSourceResource(MarketSourceResource):
     """baostock: one login per worker process, bounded parallelism (floods get blacklisted)."""
 
-    server: str | None = None  # host:port; None = the library's own server
-    workers: int = 4
-    call_timeout_seconds: float = 60.0
-    max_attempts: int = 4
-    backoff_seconds: float = 1.0
+    server: str | None = Field(
+        default=None,
+        description="host:port of the baostock server (BAOSTOCK_SERVER); None: the library's.",
+    )
+    workers: int = Field(
+        default=4, ge=1, le=32, description="Logged-in worker processes (parallel sessions)."
+    )
+    call_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="A call without reply by then is killed."
+    )
+    max_attempts: int = Field(default=4, ge=1, le=20, description="Attempts per stock and call.")
+    backoff_seconds: float = Field(
+        default=1.0, ge=0, le=600, description="First pause between attempts (doubles)."
+    )
 
-    def open(self) -> MarketSource:
+    @field_validator("server")
+    @classmethod
+    def _host_port(cls, server: str | None) -> str | None:
+        if server is not None:
+            try:
+                validate_host_port(server, "BAOSTOCK_SERVER")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return server
+
+    def make_source(self) -> MarketSource:
         from stocksync_dagster.core.sources.baostock import BaostockSource
 
         return BaostockSource(
-            server=self.server,
+            server=parse_host_port(self.server, "BAOSTOCK_SERVER") if self.server else None,
             workers=self.workers,
             call_timeout_seconds=self.call_timeout_seconds,
             max_attempts=self.max_attempts,
@@ -56,17 +140,41 @@ class BaostockSourceResource(MarketSourceResource):
 class TushareSourceResource(MarketSourceResource):
     """Tushare Pro: whole-market calls per trade date over a rate-limited token pool."""
 
-    tokens: str  # one token or a comma-separated pool; pass dg.EnvVar("TUSHARE_TOKEN")
-    api_url: str | None = None
-    calls_per_minute: int = 500
-    max_attempts: int = 5
-    backoff_seconds: float = 1.0
-    call_timeout_seconds: float = 30.0
+    tokens: str = Field(
+        description="One token or a comma-separated pool; pass dg.EnvVar('TUSHARE_TOKEN')."
+    )
+    api_url: str | None = Field(
+        default=None, description="Base URL of the Tushare HTTP API (TUSHARE_API_URL)."
+    )
+    calls_per_minute: int = Field(
+        default=500, ge=1, le=100_000, description="Calls per minute, per token and API."
+    )
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Attempts per call.")
+    backoff_seconds: float = Field(
+        default=1.0, ge=0, le=600, description="First pause between attempts (doubles)."
+    )
+    call_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="HTTP timeout of one call."
+    )
+    rate_limit_pause_seconds: float = Field(
+        default=5.0, ge=0, le=600, description="First pause of a token refused for rate."
+    )
 
-    def open(self) -> MarketSource:
-        from stocksync_dagster.core.settings import parse_tokens
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            try:
+                validate_http_url(url, "TUSHARE_API_URL")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return url
+
+    def make_source(self) -> MarketSource:
         from stocksync_dagster.core.sources.tushare import TushareSource
 
+        # Parsed here, not in a validator: the tokens are secret and a validation error would
+        # echo them; parse_tokens' message names TUSHARE_TOKEN, never a value.
         return TushareSource(
             tokens=parse_tokens(self.tokens),
             api_url=self.api_url,
@@ -74,20 +182,5 @@ class TushareSourceResource(MarketSourceResource):
             max_attempts=self.max_attempts,
             backoff_seconds=self.backoff_seconds,
             call_timeout_seconds=self.call_timeout_seconds,
+            rate_limit_pause_seconds=self.rate_limit_pause_seconds,
         )
-
-
-def build_source_resource(settings: Settings) -> MarketSourceResource:
-    """The resource for `STOCKSYNC_SOURCE`; secrets stay `EnvVar`s so the UI never shows them."""
-    if settings.source == "demo":
-        return DemoSourceResource()
-    if settings.source == "tushare":
-        return TushareSourceResource(
-            tokens=dg.EnvVar("TUSHARE_TOKEN"), api_url=settings.tushare_api_url
-        )
-    server = (
-        f"{settings.baostock_server[0]}:{settings.baostock_server[1]}"
-        if settings.baostock_server
-        else None
-    )
-    return BaostockSourceResource(server=server)

@@ -15,7 +15,7 @@ reply), `hang` (no reply, connection kept open), `fin` (half a reply then FIN: t
 100% CPU), `page2_error` (error on page 2+), `login_fail`, `malformed` (bad rows), `error`.
 
     with FakeBaostockServer(DemoMarket(50), as_of=dt.date(2024, 3, 29)) as server:
-        source = BaostockSource(server=server.address)
+        source = BaostockSource(server=("127.0.0.1", server.port))
 
 CLI (manual runs, benchmarks):
     python -m tests.fakes.baostock_server --port 10030 --stocks 500 --latency-ms 50

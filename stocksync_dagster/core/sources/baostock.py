@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from stocksync_dagster.core.codes import board_of, from_baostock, to_baostock
-from stocksync_dagster.core.errors import ConfigError, SourceError
-from stocksync_dagster.core.settings import parse_host_port
+from stocksync_dagster.core.errors import SourceError
 from stocksync_dagster.core.sources.baostock_worker import Call, Outcome, Task, WorkerPool
 from stocksync_dagster.core.sources.base import (
     ADJ_FACTOR_COLUMNS,
@@ -230,19 +229,16 @@ class BaostockSource(MarketSource):
 
     def __init__(
         self,
-        server: str | None = None,
+        server: tuple[str, int] | None = None,
         workers: int = 4,
         call_timeout_seconds: float = 60.0,
         max_attempts: int = 4,
         backoff_seconds: float = 1.0,
     ) -> None:
-        if workers < 1 or max_attempts < 1 or call_timeout_seconds <= 0 or backoff_seconds < 0:
-            raise ConfigError(
-                "baostock source", "workers, max_attempts and call_timeout_seconds must be > 0"
-            )
-        address = parse_host_port(server, "BAOSTOCK_SERVER") if server else None
+        """`server` is (host, port), None for the library's own; the values are validated by
+        `BaostockSourceResource`, which is how the project configures this source."""
         self._pool = WorkerPool(
-            server=address,
+            server=server,
             size=workers,
             call_timeout=call_timeout_seconds,
             max_attempts=max_attempts,
@@ -466,6 +462,11 @@ class BaostockSource(MarketSource):
         today = dt.date.today()
         self.trade_calendar(today - dt.timedelta(days=7), today)
         return f"baostock: reachable at {self._pool.server_label} ({self._pool.size} workers)"
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the logged-in worker processes running now (started on first call)."""
+        return self._pool.live_pids()
 
     def close(self) -> None:
         self._pool.close()

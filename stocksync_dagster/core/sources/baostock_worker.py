@@ -155,7 +155,7 @@ def worker_main(
 
 
 def _child() -> None:
-    """Entry point: `python -m stocksync_dagster.core.sources.baostock_worker IN OUT HOST PORT T`."""
+    """Entry point: `python -m <this module> IN OUT HOST PORT TIMEOUT`."""
     fd_in, fd_out, host, port, timeout = sys.argv[1:6]
     worker_main(
         Connection(int(fd_in), writable=False),
@@ -270,6 +270,14 @@ class WorkerPool:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     slot.process.wait(timeout=1.0)
             self._kill(slot, state="down")
+
+    def live_pids(self) -> list[int]:
+        """Process ids of the worker processes that are running now."""
+        return [
+            slot.process.pid
+            for slot in self._slots
+            if slot.process is not None and slot.process.poll() is None
+        ]
 
     # -- running tasks ----------------------------------------------------------------------
     def _delay(self, attempts_done: int) -> float:

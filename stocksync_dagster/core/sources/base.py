@@ -20,6 +20,7 @@ import abc
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pandas as pd
 
@@ -88,7 +89,7 @@ class FetchResult:
 class MarketSource(abc.ABC):
     """A place that serves A-share market data. Implementations: baostock, tushare, demo."""
 
-    name: str = "source"
+    name: ClassVar[str] = "source"
 
     @abc.abstractmethod
     def trade_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:

@@ -44,17 +44,16 @@ def _sync(
     context.log.info(
         f"{dataset.asset}: fetching {start}..{end} ({len(days)} partitions) for {scope}"
     )
-    with source.open() as src:
-        report = sync_market_range(
-            dataset,
-            src,
-            warehouse.get(),
-            start,
-            end,
-            config.codes,
-            config.max_failed_share,
-            config.max_retries,
-        )
+    report = sync_market_range(
+        dataset,
+        source,
+        warehouse.get(),
+        start,
+        end,
+        config.codes,
+        config.max_failed_share,
+        config.max_retries,
+    )
     context.log.info(
         f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
         f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write; "

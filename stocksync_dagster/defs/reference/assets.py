@@ -46,8 +46,7 @@ def trade_calendar(
     Table `trade_calendar(cal_date, is_open)`.
     """
     end = dt.date(trading_calendar.shanghai_now().year, 12, 31)
-    with source.open() as src:
-        frame = src.trade_calendar(current_settings().start_date, end)
+    frame = source.trade_calendar(current_settings().start_date, end)
     stats = sync_reference_table(schema.trade_calendar, frame, warehouse.get())
     stored = _stored_rows(warehouse.get(), schema.trade_calendar)
     open_days = int(frame["is_open"].sum())
@@ -77,8 +76,7 @@ def stock_basic(
     A current snapshot of every stock the source knows (listed and delisted), refreshed in
     full on each run; list and delist dates carry the history. Table `stock_basic`.
     """
-    with source.open() as src:
-        frame = src.stock_basic()
+    frame = source.stock_basic()
     stats = sync_reference_table(schema.stock_basic, frame, warehouse.get())
     stored = _stored_rows(warehouse.get(), schema.stock_basic)
     context.log.info(f"stock_basic: {len(frame)} stocks")
