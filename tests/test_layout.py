@@ -6,7 +6,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import yaml
 
@@ -76,7 +75,9 @@ def test_one_code_location_name_everywhere() -> None:
 
 @pytest.mark.slow
 def test_dg_check_defs_passes() -> None:
-    out = subprocess.run([DG, "check", "defs"], cwd=PROJECT, capture_output=True, text=True, env=ENV)
+    out = subprocess.run(
+        [DG, "check", "defs"], cwd=PROJECT, capture_output=True, text=True, env=ENV
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "All definitions loaded successfully" in out.stdout + out.stderr
 
