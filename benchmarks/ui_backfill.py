@@ -41,7 +41,9 @@ query ($id: String!) {
 }"""
 RUN_STEPS = """
 query ($id: ID!) {
-  runOrError(runId: $id) { ... on Run { stepStats { stepKey status } creationTime startTime endTime } }
+  runOrError(runId: $id) {
+    ... on Run { stepStats { stepKey status } creationTime startTime endTime }
+  }
 }"""
 
 

@@ -31,7 +31,6 @@ from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import DEFAULT_START_DATE
 from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.defs.market.jobs import RANGE_START_TAG, market_asset_names, market_status
-
 from stocksync_dagster.defs.market.partitions import trading_day_partitions
 from stocksync_dagster.executors import CELERY_SETTINGS, executor_from_env
 from tests.conftest import IN_CI, PG_ADMIN_URL
