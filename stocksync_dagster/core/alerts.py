@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -71,7 +72,7 @@ def webhook_format(url: str) -> tuple[str, str]:
     return HOST_FORMATS.get(urlsplit(url).hostname or "", "json"), url
 
 
-def payload(alert: Alert, fmt: str) -> dict[str, object]:
+def payload(alert: Alert, fmt: str) -> dict[str, Any]:
     """The request body for one format."""
     text = "\n".join(alert.lines())
     link = f"[Open the run]({alert.run_url})"

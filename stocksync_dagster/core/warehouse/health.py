@@ -305,7 +305,6 @@ def factor_mismatches(
     prev_factor, adj_factor`.
     """
     b, a = daily_bar.c, adj_factor.c
-    window = {"partition_by": b.code, "order_by": b.trade_date}
     lookback_start = start - FACTOR_LOOKBACK if start is not None else None
     seq = (
         sa.select(
@@ -313,8 +312,12 @@ def factor_mismatches(
             b.code,
             b.pre_close,
             a.adj_factor,
-            sa.func.lag(b.close).over(**window).label("prev_close"),
-            sa.func.lag(a.adj_factor).over(**window).label("prev_factor"),
+            sa.func.lag(b.close)
+            .over(partition_by=b.code, order_by=b.trade_date)
+            .label("prev_close"),
+            sa.func.lag(a.adj_factor)
+            .over(partition_by=b.code, order_by=b.trade_date)
+            .label("prev_factor"),
         )
         .select_from(
             daily_bar.join(adj_factor, sa.and_(a.code == b.code, a.trade_date == b.trade_date))
