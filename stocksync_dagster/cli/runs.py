@@ -196,9 +196,15 @@ def follow_run(
         if run.is_finished:
             outcome.status = run.status
             return outcome
-        if run.status == dg.DagsterRunStatus.QUEUED and not announced_queue:
-            echo("  waiting in the run queue")
-            announced_queue = True
+        if run.status == dg.DagsterRunStatus.QUEUED:
+            if not daemon_is_running(instance):
+                raise StocksyncError(
+                    f"run {run_id} is queued but the Dagster daemon stopped; it starts when a "
+                    "daemon runs again (`stocksync ui`), or cancel it in the UI"
+                )
+            if not announced_queue:
+                echo("  waiting in the run queue")
+                announced_queue = True
         if timeout is not None and time.monotonic() - began > timeout:
             raise StocksyncError(f"run {run_id} did not finish in {timeout:.0f}s")
         time.sleep(POLL_SECONDS)
@@ -227,6 +233,8 @@ def _report(entry: dg.EventLogEntry, outcome: RunOutcome, echo: Echo) -> None:
         outcome.materializations += 1
     elif kind == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
         evaluation = event.event_specific_data
+        if not isinstance(evaluation, dg.AssetCheckEvaluation):
+            return
         name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
         outcome.checks.append(CheckOutcome(name, evaluation.passed, evaluation.severity.value))
     elif kind == dg.DagsterEventType.RUN_FAILURE and not outcome.first_failure:
