@@ -20,7 +20,7 @@ from stocksync_dagster.cli.backfill import settled_range
 from stocksync_dagster.cli.demo import format_summary
 from stocksync_dagster.cli.instance import CODE_LOCATION, workspace_file
 from stocksync_dagster.cli.runs import daemon_is_running, launch_command
-from stocksync_dagster.cli.status import partition_status, shanghai_time
+from stocksync_dagster.cli.status import check_status, partition_status, shanghai_time
 from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import Settings
 
@@ -207,6 +207,30 @@ def test_status_lists_assets_in_name_order_with_zoned_times() -> None:
     frame = partition_status(defs, dg.DagsterInstance.ephemeral())
     assert list(frame["asset"]) == ["alpha", "mid", "zeta"]
     assert shanghai_time(0) == "1970-01-01 08:00+08:00"
+
+
+def test_status_shows_the_last_completed_check_result_not_the_planned_one(
+    sqlite_url: str,
+) -> None:
+    from stocksync_dagster.cli.runs import materialize_range, materialize_unpartitioned
+    from stocksync_dagster.definitions import defs
+    from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
+    from tests.orchestration import DownSourceResource
+
+    resources = {
+        "source": DemoSourceResource(stocks=20),
+        "warehouse": WarehouseResource(url=sqlite_url),
+    }
+    days = (dt.date(2025, 8, 4), dt.date(2025, 8, 5))
+    with dg.instance_for_test() as instance:
+        assert materialize_unpartitioned(defs, instance, resources=resources).success
+        assert materialize_range(defs, instance, *days, resources=resources).success
+        down = {**resources, "source": DownSourceResource()}
+        # The day after fails at once: its checks were planned, never evaluated.
+        assert not materialize_range(defs, instance, days[1], days[1], resources=down).success
+        results = dict(check_status(defs, instance)[["check", "result"]].values)
+    assert results["daily_bars:ohlc_sanity"] == "PASSED (not executed in the last run)"
+    assert results["stock_basic:stock_basic_integrity"] == "PASSED"
 
 
 def test_demo_summary_prints_whole_numbers() -> None:

@@ -91,6 +91,7 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Seque
         click.echo,
         tags={TRIGGER_TAG: "cli-backfill", **range_tags(in_range[0], in_range[-1])},
         assets=None if selected == backfill_assets(()) else selected,
+        log_level="INFO",  # a long history load shows the sources' progress as it goes
     )
     passed, evaluated = print_checks([outcome], click.echo)
     require_success(outcome)

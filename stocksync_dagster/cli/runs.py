@@ -120,8 +120,12 @@ def run_job(
     tags: Mapping[str, str] | None = None,
     run_config: Mapping[str, object] | None = None,
     assets: Sequence[str] | None = None,
+    log_level: str = "WARNING",
 ) -> RunOutcome:
-    """Run the named job (optionally only `assets` and their checks) and follow it to the end."""
+    """Run the named job (optionally only `assets` and their checks) and follow it to the end.
+
+    `log_level` is the console level of an in-process run (INFO shows the sources' progress).
+    """
     tags = dict(tags or {})
     run_config = dict(run_config or {})
     if daemon_is_running(instance):
@@ -131,7 +135,7 @@ def run_job(
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
             tags=tags,
-            run_config={**console_config(), **run_config},
+            run_config={**console_config(log_level), **run_config},
             asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
             raise_on_error=False,
         )
