@@ -19,7 +19,7 @@ from stocksync_dagster.cli import main as cli_main
 from stocksync_dagster.cli.backfill import settled_range
 from stocksync_dagster.cli.demo import format_summary
 from stocksync_dagster.cli.instance import CODE_LOCATION, workspace_file
-from stocksync_dagster.cli.runs import daemon_is_running, launch_command
+from stocksync_dagster.cli.runs import daemon_is_running, launch_command, launch_error
 from stocksync_dagster.cli.status import check_status, partition_status, shanghai_time
 from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import Settings
@@ -295,3 +295,18 @@ def test_a_daemon_counts_as_running_only_with_a_fresh_queue_heartbeat() -> None:
     assert not daemon_is_running(instance(QUEUED_RUN_COORDINATOR=now - 600), now)
     assert not daemon_is_running(instance(SCHEDULER=now - 5), now)
     assert not daemon_is_running(instance(), now)
+
+
+def test_a_refused_launch_is_reported_by_its_exception_message() -> None:
+    stderr = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "dagster._core.errors.DagsterUserCodeProcessError: dagster._core.errors."
+        "DagsterInvalidConfigError: Error in config for job market_sync\n"
+        '    Error 1: Received unexpected config entry "stocks" at path root:resources\n'
+        '\nStack Trace:\n  File "y.py", line 2\n'
+    )
+    assert launch_error(stderr) == (
+        'Error in config for job market_sync: Error 1: Received unexpected config entry "stocks" '
+        "at path root:resources"
+    )
+    assert launch_error("no exception here\n") == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -158,11 +159,28 @@ def _submit(
         command, capture_output=True, text=True, check=False, env=dict(os.environ)
     )
     if launched.returncode != 0:
-        lines = [line for line in launched.stderr.strip().splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit code {launched.returncode}"
+        reason = launch_error(launched.stderr) or f"exit code {launched.returncode}"
         raise StocksyncError(f"could not queue {job_name} on the Dagster instance: {reason}")
     echo(f"{job_name}: queued as run {run_id} (the daemon starts it when pools and limits allow)")
     return run_id
+
+
+_EXCEPTION_PREFIX = re.compile(r"^(?:[\w.]+(?:Error|Exception|Violation)): ")
+
+
+def launch_error(stderr: str) -> str:
+    """The exception message in `dagster job launch`'s stderr (plus its first config error)."""
+    lines = stderr.splitlines()
+    found = [i for i, line in enumerate(lines) if _EXCEPTION_PREFIX.match(line)]
+    if not found:
+        return ""
+    message = lines[found[-1]]
+    while _EXCEPTION_PREFIX.match(message):
+        message = _EXCEPTION_PREFIX.sub("", message, count=1)
+    detail = next(
+        (x.strip() for x in lines[found[-1] + 1 :] if x.strip().startswith("Error 1:")), ""
+    )
+    return f"{message}: {detail}" if detail else message
 
 
 def _op_selection(defs: dg.Definitions, assets: Sequence[str]) -> list[str]:
