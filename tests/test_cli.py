@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def rows(database: Path, sql: str) -> int:
 
 @pytest.mark.slow
 def test_demo_from_a_clean_directory(tmp_path: Path) -> None:
-    result = run([*STOCKSYNC, "demo", "--days", "5"], cwd=tmp_path)
+    result = run([*STOCKSYNC, "demo", "--days", "5", "--stocks", "40"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "daily_bar" in result.stdout and "done in" in result.stdout
     database = tmp_path / ".stocksync" / "warehouse.db"
@@ -65,11 +66,13 @@ def test_demo_from_a_clean_directory(tmp_path: Path) -> None:
     assert rows(database, "SELECT count(*) FROM adj_factor") == rows(
         database, "SELECT count(*) FROM daily_bar"
     )
-    assert rows(database, "SELECT count(*) FROM stock_basic") > 250
+    assert 30 < rows(database, "SELECT count(*) FROM stock_basic") <= 40  # --stocks reached it
+    assert not re.search(r"\s\d+\.0\s", result.stdout)  # counts print as integers
     assert (tmp_path / ".stocksync" / "dagster").is_dir()  # the persistent Dagster instance
     runs = instance_runs(tmp_path / ".stocksync" / "dagster")
     assert sorted(r.job_name for r in runs) == ["market_sync", "reference_sync"]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    assert all(r.run_config["resources"]["source"]["config"] == {"stocks": 40} for r in runs)
     status = run([*STOCKSYNC, "status"], cwd=tmp_path)
     assert status.returncode == 0, status.stderr[-3000:]
     assert "daily_bars" in status.stdout and "sync failures: none" in status.stdout
