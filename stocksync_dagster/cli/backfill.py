@@ -1,26 +1,43 @@
-"""`stocksync backfill START END`: one single-run range materialization on the Dagster instance."""
+"""`stocksync backfill START END`: one range run of the `market_sync` job on the instance."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 
 import click
 
 from stocksync_dagster.cli.instance import open_instance
-from stocksync_dagster.cli.runs import first_failure, materialize_range
+from stocksync_dagster.cli.runs import print_checks, require_success, run_job
 from stocksync_dagster.core import trading_calendar
-from stocksync_dagster.core.errors import ConfigError, StocksyncError
+from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.warehouse import Warehouse
 
+BACKFILL_JOB = "market_sync"
 
-def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[str]) -> None:
-    from stocksync_dagster.definitions import defs
-    from stocksync_dagster.defs.market.partitions import trading_days
 
-    if settings.source == "tushare" and not settings.tushare_tokens:
-        raise ConfigError("TUSHARE_TOKEN", "not set", "required for STOCKSYNC_SOURCE=tushare")
+def backfill_assets(requested: Sequence[str]) -> list[str]:
+    """The requested market assets (all of them when none is named), validated against the job."""
+    from stocksync_dagster.defs.market.jobs import market_asset_names
+
+    valid = market_asset_names()
+    unknown = [a for a in requested if a not in valid]
+    if unknown:
+        raise ConfigError(
+            "--asset",
+            f"unknown asset {', '.join(repr(a) for a in unknown)}",
+            f"{BACKFILL_JOB} backfills {', '.join(valid)}",
+        )
+    return [a for a in valid if a in requested] if requested else list(valid)
+
+
+def settled_range(
+    start: dt.date, end: dt.date, settings: Settings, latest: dt.date | None = None
+) -> tuple[dt.date, dt.date, str]:
+    """[start, end] clipped to the settled days, with a note when END was cut."""
+    latest = latest or trading_calendar.last_settled_trading_day()
     if start > end:
         raise ConfigError("START", f"{start} is after END {end}")
     if start < settings.start_date:
@@ -29,27 +46,56 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: list[
             f"{start} is before STOCKSYNC_START_DATE {settings.start_date}",
             "set STOCKSYNC_START_DATE earlier to include it",
         )
-    latest = trading_calendar.last_settled_trading_day()
-    end = min(end, latest)
+    settles = f"a day settles at {trading_calendar.CLOSE_SETTLED_HOUR}:00 Asia/Shanghai"
+    if start > latest:
+        raise ConfigError(
+            "START",
+            f"{start} is after the last settled trading day {latest}: nothing to load yet",
+            settles,
+        )
+    if end > latest:
+        note = (
+            f"note: END {end} is after the last settled trading day {latest} ({settles}); "
+            f"loading up to {latest}"
+        )
+        return start, latest, note
+    return start, end, ""
+
+
+def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Sequence[str]) -> None:
+    from stocksync_dagster.definitions import defs
+    from stocksync_dagster.defs.market.jobs import TRIGGER_TAG, range_tags
+    from stocksync_dagster.defs.market.partitions import trading_days
+
+    selected = backfill_assets(assets)
+    if settings.source == "tushare" and not settings.tushare_tokens:
+        raise ConfigError("TUSHARE_TOKEN", "not set", "required for STOCKSYNC_SOURCE=tushare")
+    start, end, note = settled_range(start, end, settings)
+    if note:
+        click.echo(note)
     keys = trading_days.get_partition_keys()
     in_range = [k for k in keys if start.isoformat() <= k <= end.isoformat()]
     if not in_range:
-        raise ConfigError("START/END", f"no trading-day partition between {start} and {end}")
+        raise ConfigError("START/END", f"no trading day between {start} and {end}")
     Warehouse(settings.database_url).ensure_schema()  # an unreachable database: one clear line
     instance = open_instance()
     click.echo(
-        f"backfill {', '.join(assets)}: {in_range[0]}..{in_range[-1]} "
-        f"({len(in_range)} trading days) from {settings.source}"
+        f"backfill {', '.join(selected)}: {in_range[0]}..{in_range[-1]} "
+        f"({len(in_range)} trading days) from {settings.source}, job {BACKFILL_JOB}"
     )
     began = time.monotonic()
-    result = materialize_range(
+    outcome = run_job(
         defs,
         instance,
-        dt.date.fromisoformat(in_range[0]),
-        dt.date.fromisoformat(in_range[-1]),
-        assets=assets,
-        tags={"stocksync/trigger": "cli-backfill"},
+        BACKFILL_JOB,
+        click.echo,
+        tags={TRIGGER_TAG: "cli-backfill", **range_tags(in_range[0], in_range[-1])},
+        assets=None if selected == backfill_assets(()) else selected,
+        log_level="INFO",  # a long history load shows the sources' progress as it goes
     )
-    if not result.success:
-        raise StocksyncError(f"backfill run {result.run_id} failed: {first_failure(result)}")
-    click.echo(f"done in {time.monotonic() - began:.1f}s (run {result.run_id})")
+    passed, evaluated = print_checks([outcome], click.echo)
+    require_success(outcome)
+    click.echo(
+        f"done in {time.monotonic() - began:.1f}s: run {outcome.run_id} ({BACKFILL_JOB}); "
+        f"checks {passed}/{evaluated} passed"
+    )

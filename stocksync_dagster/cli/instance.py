@@ -1,4 +1,4 @@
-"""The Dagster instance the CLI uses: `$DAGSTER_HOME`, else `./.stocksync/dagster`."""
+"""The Dagster instance the CLI uses (`$DAGSTER_HOME`, else `./.stocksync/dagster`) and its code."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from pathlib import Path
 import dagster as dg
 
 from stocksync_dagster.core.settings import STATE_DIR
+
+# The code location: the same name as in workspace.yaml and [tool.dg.project], so runs the CLI
+# queues carry the origin the UI (`stocksync ui`, `dagster dev`, `dg dev`) re-executes them from.
+CODE_LOCATION = "stocksync_dagster"
+DEFINITIONS_MODULE = "stocksync_dagster.definitions"
 
 # Used when the CLI runs outside the project directory (no ./dagster.yaml to copy).
 _MINIMAL_INSTANCE_CONFIG = """\
@@ -37,7 +42,23 @@ def dagster_home() -> Path:
     return home
 
 
+def workspace_file() -> Path:
+    """A workspace file in the instance directory naming the project's one code location."""
+    path = dagster_home() / "stocksync-workspace.yaml"
+    text = (
+        "# Written by the stocksync CLI: the project's code location, wherever the CLI runs.\n"
+        "load_from:\n"
+        "  - python_module:\n"
+        f"      module_name: {DEFINITIONS_MODULE}\n"
+        f"      location_name: {CODE_LOCATION}\n"
+    )
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
 def open_instance() -> dg.DagsterInstance:
+    """The persistent instance (and `DAGSTER_HOME` pointing at it, for `dagster` subprocesses)."""
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)

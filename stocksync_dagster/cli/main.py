@@ -12,25 +12,48 @@ import click
 
 from stocksync_dagster.core.errors import ConfigError, StocksyncError
 from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.warehouse.engine import WarehouseUnavailableError
 
 
 def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _quiet_dagster() -> None:
-    """Keep the terminal readable: Dagster's preview/beta warnings are for developers."""
-    warnings.filterwarnings("ignore", module="dagster")
-    warnings.filterwarnings("ignore", category=UserWarning)
+def quiet_dagster() -> None:
+    """The one place the CLI silences Dagster's beta / preview / supersession warnings.
+
+    They are about APIs this project chose (pools, `load_from_defs_folder`, ...), not something a
+    user can act on. (The output of `dagster job launch` subprocesses is captured, not shown.)
+    """
+    import dagster as dg
+
+    for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
     logging.getLogger("dagster").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class IsoDate(click.ParamType):
+    """A calendar date written YYYY-MM-DD."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a date written YYYY-MM-DD", param, ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stocksync-dagster")
 def cli() -> None:
     """Keep a SQL warehouse of China A-share data in sync, orchestrated by Dagster."""
-    _quiet_dagster()
+    quiet_dagster()
 
 
 @cli.command()
@@ -38,9 +61,10 @@ def cli() -> None:
 @click.option("--stocks", default=300, show_default=True, help="Synthetic stocks in the market.")
 def demo(days: int, stocks: int) -> None:
     """Materialize every asset from the offline demo source, run the checks, print a summary."""
+    # Before anything imports the definitions: they are built from the environment once.
+    os.environ["STOCKSYNC_SOURCE"] = "demo"
     from stocksync_dagster.cli.demo import run_demo
 
-    os.environ["STOCKSYNC_SOURCE"] = "demo"
     run_demo(_settings(), days=days, stocks=stocks)
 
 
@@ -62,32 +86,50 @@ def doctor() -> None:
 
 
 @cli.command()
-@click.argument("start", type=click.DateTime(formats=["%Y-%m-%d"]))
-@click.argument("end", type=click.DateTime(formats=["%Y-%m-%d"]))
+@click.argument("start", type=IsoDate(), metavar="START")
+@click.argument("end", type=IsoDate(), metavar="END")
 @click.option(
     "--asset",
     "assets",
     multiple=True,
-    default=["daily_bars", "adj_factor"],
-    show_default=True,
-    help="Partitioned asset(s) to backfill.",
+    help="Only this market asset (repeatable); default: every asset of the market_sync job.",
 )
-def backfill(start: dt.datetime, end: dt.datetime, assets: tuple[str, ...]) -> None:
-    """Load START..END (YYYY-MM-DD) as one range run: one fetch for the whole range."""
+def backfill(start: dt.date, end: dt.date, assets: tuple[str, ...]) -> None:
+    """Load START..END (both YYYY-MM-DD) as one range run of the `market_sync` job.
+
+    With a Dagster daemon running (`stocksync ui`) the run goes through the instance's run
+    queue; without one it runs in this process. Either way it is stored on the instance.
+    """
     from stocksync_dagster.cli.backfill import run_backfill
 
-    run_backfill(_settings(), start.date(), end.date(), list(assets))
+    run_backfill(_settings(), start, end, list(assets))
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+def ui_command(dagster_args: tuple[str, ...]) -> list[str]:
+    """`dagster dev` on the project's code location, with the user's options passed through."""
+    from stocksync_dagster.cli.instance import workspace_file
+
+    return ["dagster", "dev", "-w", str(workspace_file()), *dagster_args]
+
+
+@cli.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": ["--help"],  # -h is dagster dev's --host
+    }
+)
 @click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
 def ui(dagster_args: tuple[str, ...]) -> None:
-    """Start `dagster dev` on this project with the CLI's Dagster instance."""
+    """Start the Dagster UI and daemon (`dagster dev`) on this project and the CLI's instance.
+
+    Options are passed to `dagster dev`, e.g. `stocksync ui -h 0.0.0.0 -p 3001`.
+    """
     from stocksync_dagster.cli.instance import dagster_home
 
     os.environ["DAGSTER_HOME"] = str(dagster_home())
     _settings()  # fail fast on bad configuration
-    command = ["dagster", "dev", "-m", "stocksync_dagster.definitions", *dagster_args]
+    command = ui_command(dagster_args)
     click.echo(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
     os.execvp(command[0], command)
 
@@ -100,6 +142,9 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except WarehouseUnavailableError as exc:
+        click.echo(f"error: {exc}; `stocksync doctor` checks the whole setup", err=True)
+        sys.exit(1)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

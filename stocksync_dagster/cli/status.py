@@ -11,73 +11,96 @@ from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.core.warehouse.queries import failure_summary
 
+SHOWN_TIMEZONE = "Asia/Shanghai"
+_COMPLETED = frozenset({"SUCCEEDED", "FAILED"})
+
+
+def shanghai_time(timestamp: float) -> str:
+    """A Unix timestamp as `YYYY-MM-DD HH:MM+08:00` (Shanghai time, offset shown)."""
+    moment = pd.Timestamp(timestamp, unit="s", tz="UTC").tz_convert(SHOWN_TIMEZONE)
+    return moment.isoformat(sep=" ", timespec="minutes")
+
 
 def partition_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> pd.DataFrame:
-    """One row per asset: partitions total / materialized / failed / in progress / missing."""
+    """One row per asset, sorted by name: partitions total / materialized / failed / missing.
+
+    `latest_partition` is the newest materialized partition key (a trading day);
+    `materialized_at` is when the asset was last materialized, in Shanghai time.
+    """
     rows = []
-    for asset in defs.resolve_all_asset_specs():
+    for asset in sorted(defs.resolve_all_asset_specs(), key=lambda a: a.key.to_user_string()):
         key = asset.key
         partitions = asset.partitions_def
+        record = instance.get_latest_materialization_event(key)
+        row: dict[str, object] = {"asset": key.to_user_string()}
         if partitions is None:
-            record = instance.get_latest_materialization_event(key)
-            rows.append(
-                {
-                    "asset": key.to_user_string(),
-                    "partitions": 1,
-                    "materialized": int(record is not None),
-                    "failed": 0,
-                    "in_progress": 0,
-                    "missing": int(record is None),
-                    "last_materialized": pd.Timestamp(record.timestamp, unit="s").strftime(
-                        "%Y-%m-%d %H:%M"
-                    )
-                    if record
-                    else "",
-                }
+            row.update(
+                partitions=1,
+                materialized=int(record is not None),
+                failed=0,
+                in_progress=0,
+                missing=int(record is None),
+                latest_partition="",
             )
-            continue
-        keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
-        statuses = instance.get_status_by_partition(key, keys, partitions) or {}
-        counts = pd.Series([s.value if s else "MISSING" for s in statuses.values()]).value_counts()
-        materialized = [k for k, s in statuses.items() if s == dg.AssetPartitionStatus.MATERIALIZED]
-        rows.append(
-            {
-                "asset": key.to_user_string(),
-                "partitions": len(keys),
-                "materialized": int(counts.get("MATERIALIZED", 0)),
-                "failed": int(counts.get("FAILED", 0)),
-                "in_progress": int(counts.get("IN_PROGRESS", 0)),
-                "missing": int(counts.get("MISSING", 0)),
-                "last_materialized": max(materialized) if materialized else "",
-            }
-        )
+        else:
+            keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
+            statuses = instance.get_status_by_partition(key, keys, partitions) or {}
+            values = [s.value if s else "MISSING" for s in statuses.values()]
+            done = [k for k, s in statuses.items() if s == dg.AssetPartitionStatus.MATERIALIZED]
+            row.update(
+                partitions=len(keys),
+                materialized=values.count("MATERIALIZED"),
+                failed=values.count("FAILED"),
+                in_progress=values.count("IN_PROGRESS"),
+                missing=values.count("MISSING"),
+                latest_partition=max(done) if done else "",
+            )
+        row["materialized_at"] = shanghai_time(record.timestamp) if record else ""
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def check_status(defs: dg.Definitions, instance: dg.DagsterInstance) -> pd.DataFrame:
-    """Latest evaluation of every asset check."""
+def check_status(
+    defs: dg.Definitions, instance: dg.DagsterInstance, history: int = 20
+) -> pd.DataFrame:
+    """The last completed evaluation of every asset check, sorted by check name.
+
+    A check planned in a run still in flight shows its previous result, marked `(running)`;
+    one whose latest run ended before evaluating it, marked `(not executed in the last run)`.
+    """
     rows = []
+    storage = instance.event_log_storage
     for check_key in defs.resolve_asset_graph().asset_check_keys:
-        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
-        record = latest.get(check_key)
-        evaluation = record.evaluation if record else None
-        if not isinstance(evaluation, dg.AssetCheckEvaluation):
-            evaluation = None  # planned but never evaluated (the run died first)
+        records = storage.get_asset_check_execution_history(check_key, limit=history)
+        pending = records[0] if records and records[0].status.value not in _COMPLETED else None
+        pending_run = instance.get_run_by_id(pending.run_id) if pending else None
+        completed = next(
+            (
+                r
+                for r in records
+                if r.status.value in _COMPLETED
+                and isinstance(r.evaluation, dg.AssetCheckEvaluation)
+            ),
+            None,
+        )
+        evaluation = completed.evaluation if completed else None
+        if evaluation is None:
+            result = "not run"
+        elif evaluation.passed:
+            result = "PASSED"
+        else:
+            result = f"FAILED ({evaluation.severity.value})"
+        if pending_run is not None:
+            result += (
+                " (running)" if not pending_run.is_finished else " (not executed in the last run)"
+            )
         failed = evaluation is not None and not evaluation.passed
         rows.append(
             {
                 "check": f"{check_key.asset_key.to_user_string()}:{check_key.name}",
-                "result": "not run"
-                if record is None
-                else (
-                    "PASSED"
-                    if evaluation and evaluation.passed
-                    else f"FAILED ({evaluation.severity.value})"
-                    if failed
-                    else record.status.value
-                ),
+                "result": result,
                 # The check's one-line description names the offending days / codes.
-                "detail": _shorten(evaluation.description or "") if failed else "",
+                "detail": _shorten(evaluation.description or "") if failed and evaluation else "",
             }
         )
     frame = pd.DataFrame(rows, columns=["check", "result", "detail"])
@@ -92,7 +115,7 @@ def show_status(settings: Settings) -> None:
     from stocksync_dagster.definitions import defs
 
     instance = open_instance()
-    click.echo(f"Dagster instance: {instance.root_directory}")
+    click.echo(f"Dagster instance: {instance.root_directory}   (times in {SHOWN_TIMEZONE})")
     click.echo("")
     click.echo(partition_status(defs, instance).to_string(index=False))
     checks = check_status(defs, instance)

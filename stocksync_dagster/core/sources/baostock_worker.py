@@ -304,7 +304,7 @@ class WorkerPool:
                     "login",
                     f"no worker could log in to {self.server_label} "
                     f"after {self.max_attempts} attempts each ({errors})",
-                    what_to_do="Check BAOSTOCK_SERVER and the network, then retry the run",
+                    what_to_do="Check BAOSTOCK_SERVER and the network",
                 )
             for slot in live:
                 if slot.state == "down" and slot.respawn_at <= now:

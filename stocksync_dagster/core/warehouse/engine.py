@@ -117,7 +117,7 @@ class Warehouse:
         first_line = first_line.replace(self.url, self.safe_url)
         return WarehouseUnavailableError(
             f"STOCKSYNC_DATABASE_URL: cannot use the warehouse at {self.safe_url}: {first_line} "
-            "(check that the database is running and the URL is right; `stocksync doctor` tests it)"
+            "(check that the database is running and the URL is right)"
         )
 
     def dispose(self) -> None:
