@@ -101,16 +101,16 @@ def range_run(
         "history",
         f"range run {asset} ({source.workers} workers)",
         seconds,
-        calls=int(meta["source_calls"]),
-        rows=int(meta["rows"]),
-        stocks=int(meta["codes"]),
+        calls=int(meta["run_source_calls"]),
+        rows=int(meta["run_rows_fetched"]),
+        stocks=int(meta["run_codes"]),
         rss_mb=rss.mb,
         note="real Dagster run incl. checks, fresh process; RSS excludes the fake server",
         extra={
-            "fetch_seconds": meta["fetch_seconds"],
-            "write_seconds": meta["write_seconds"],
+            "fetch_seconds": meta["run_fetch_seconds"],
+            "write_seconds": meta["run_write_seconds"],
             "run_overhead_seconds": round(
-                seconds - meta["fetch_seconds"] - meta["write_seconds"], 2
+                seconds - meta["run_fetch_seconds"] - meta["run_write_seconds"], 2
             ),
             "step_seconds": {
                 e.step_key: round(e.event_specific_data.duration_ms / 1000, 2)

@@ -23,6 +23,7 @@ os.environ.setdefault("STOCKSYNC_SOURCE_RETRIES", "2")
 os.environ.setdefault("STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS", "0.1")
 os.environ.pop("STOCKSYNC_ALERT_WEBHOOKS", None)
 
+from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.core.warehouse import Warehouse
 
 PG_ADMIN_URL = os.environ.get(
@@ -33,6 +34,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # a delisting inside it (asserted in tests/test_demo_market.py).
 DEMO_START = dt.date(2025, 8, 4)
 DEMO_END = dt.date(2025, 8, 29)
+
+
+@pytest.fixture(autouse=True)
+def _settings_of_this_test() -> Iterator[None]:
+    """Settings are cached per process: a test that changed the environment leaves none behind."""
+    yield
+    current_settings.cache_clear()
 
 
 def _postgres_admin_engine() -> sa.Engine | None:

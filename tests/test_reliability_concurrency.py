@@ -68,7 +68,7 @@ result = dg.materialize(
 stats = {
     e.materialization.asset_key.to_user_string(): {
         k: e.materialization.metadata[k].value
-        for k in ("rows_inserted", "rows_updated", "rows_unchanged")
+        for k in ("run_rows_inserted", "run_rows_updated", "run_rows_unchanged")
     }
     for e in result.get_asset_materialization_events()
 }
@@ -117,6 +117,6 @@ def test_same_partitions_from_three_processes_at_once(warehouse_url: str, tmp_pa
         expected = expected.sort_values(["trade_date", "code"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(stored[list(expected.columns)], expected, check_dtype=False)
     # Exactly one process inserted the rows; the others found them identical.
-    inserted = sorted(r["stats"]["daily_bars"]["rows_inserted"] for r in reports)
+    inserted = sorted(r["stats"]["daily_bars"]["run_rows_inserted"] for r in reports)
     assert inserted == [0, 0, len(market.bars(START, END))]
-    assert all(r["stats"]["daily_bars"]["rows_updated"] == 0 for r in reports)
+    assert all(r["stats"]["daily_bars"]["run_rows_updated"] == 0 for r in reports)

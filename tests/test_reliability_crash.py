@@ -99,6 +99,8 @@ def launch(home: Path, url: str, ready: Path, run_id: str) -> subprocess.Popen:
         "dagster/asset_partition_range_start": DAY.isoformat(),
         "dagster/asset_partition_range_end": DAY.isoformat(),
     }
+    # The default executor (in_process) runs the step in the run worker itself: that process
+    # holds the transaction.
     command = [
         DAGSTER,
         "job",
@@ -113,9 +115,6 @@ def launch(home: Path, url: str, ready: Path, run_id: str) -> subprocess.Popen:
         json.dumps(tags),
         "--run-id",
         run_id,
-        # the step runs in the run worker itself: that process holds the transaction
-        "--config-json",
-        json.dumps({"execution": {"config": {"in_process": {}}}}),
     ]
     return subprocess.Popen(
         command,

@@ -19,9 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from stocksync_dagster.core import trading_calendar
-from stocksync_dagster.core.sources.base import MarketSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
-from stocksync_dagster.core.sources.tushare import TushareSource
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
 from stocksync_dagster.definitions import defs as project_defs
 from stocksync_dagster.defs.market.jobs import range_tags as key_range_tags
@@ -110,20 +108,6 @@ def add_random_faults(server: FakeBaostockServer | FlakyTushareServer, seed: int
                 server._faults.append(RandomTushareFault(kind, times=None, rate=rate, rng=rng))
 
 
-class FastTushareResource(TushareSourceResource):
-    """The tushare resource with a short pause after a rate-limit refusal (test speed)."""
-
-    def open(self) -> MarketSource:
-        return TushareSource(
-            tokens=self.tokens.split(","),
-            api_url=self.api_url,
-            max_attempts=self.max_attempts,
-            backoff_seconds=self.backoff_seconds,
-            call_timeout_seconds=self.call_timeout_seconds,
-            rate_limit_pause_seconds=0.1,
-        )
-
-
 @pytest.fixture(scope="module")
 def market() -> DemoMarket:
     return DemoMarket(40, seed=7, origin=ORIGIN)
@@ -157,12 +141,13 @@ def source_for(server: FakeBaostockServer | FlakyTushareServer) -> dg.Configurab
             max_attempts=MAX_ATTEMPTS,
             backoff_seconds=0.05,
         )
-    return FastTushareResource(
+    return TushareSourceResource(
         tokens=",".join(TOKENS),
         api_url=server.url,
         call_timeout_seconds=1.0,
         max_attempts=MAX_ATTEMPTS,
         backoff_seconds=0.05,
+        rate_limit_pause_seconds=0.1,  # a short pause after a rate-limit refusal (test speed)
     )
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stocksync_dagster.core.settings import Settings
+from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.defs.health import alerts
@@ -119,9 +119,8 @@ def test_no_secret_in_logs_events_metadata_errors_tables_or_alerts(
     monkeypatch.setenv("STOCKSYNC_DATABASE_URL", database_url)
     monkeypatch.setenv("STOCKSYNC_ALERT_WEBHOOKS", webhook)
     monkeypatch.setenv("STOCKSYNC_UI_URL", "http://ui.example:3000")
-    # The module-level sensor read its settings when the definitions were imported (before this
-    # test set the webhook and the token): give it this environment's settings.
-    monkeypatch.setattr(alerts, "_settings", Settings.from_env())
+    # The alert sensor reads the settings when it is evaluated: drop the cached ones.
+    current_settings.cache_clear()
     # INFO: what the project logs (python_logs.python_log_level). At DEBUG, urllib3 itself logs
     # every request line, webhook path and query included (see docs/reliability.md).
     caplog.set_level(logging.INFO)

@@ -26,7 +26,7 @@ from tests.orchestration import recent_trading_days
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[1]
-LOCATION = "stocksync_dagster.definitions"
+LOCATION = "stocksync_dagster"  # workspace.yaml, [tool.dg.project] and `stocksync ui` agree
 DAYS = [d.isoformat() for d in recent_trading_days(6)]
 
 # The UI's backfill dialog (LaunchAssetChoosePartitionsDialog) sends exactly this mutation.
@@ -59,6 +59,34 @@ query ($trigger: String!) {
   runsOrError(filter: {tags: [{key: "stocksync/trigger", value: $trigger}]}) {
     ... on Runs { results { runId status tags { key value } } }
   }
+}"""
+BACKFILL_RUNS = """
+query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill {
+      runs(limit: 50) { runId status tags { key value } stepStats { stepKey status } }
+    }
+  }
+}"""
+# What the asset's partition page shows: the latest materialization of that partition.
+PARTITION_EVENT = """
+query ($path: [String!]!, $partition: String!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode {
+      assetMaterializations(partitions: [$partition], limit: 1) {
+        partition
+        metadataEntries {
+          label
+          ... on IntMetadataEntry { intValue }
+          ... on BoolMetadataEntry { boolValue }
+        }
+      }
+    }
+  }
+}"""
+CHECK_EXECUTIONS = """
+query ($path: [String!]!, $name: String!) {
+  assetCheckExecutions(assetKey: {path: $path}, checkName: $name, limit: 1) { runId status }
 }"""
 START_SENSOR = """
 mutation ($selector: SensorSelector!) {
@@ -127,7 +155,16 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
     dagster = str(Path(sys.executable).with_name("dagster"))
     with log.open("w") as out:
         process = subprocess.Popen(
-            [dagster, "dev", "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
+            [
+                dagster,
+                "dev",
+                "-w",
+                str(PROJECT / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
             cwd=root,
             env=env,
             stdout=out,
@@ -222,3 +259,60 @@ def test_ui_backfill_then_gap_automation_heals_a_deleted_partition(ui: UI) -> No
     assert {t["key"]: t["value"] for t in gap_runs[0]["tags"]}["dagster/backfill"] == tags[
         "dagster/backfill"
     ]  # one tick, one backfill
+
+
+def test_ui_backfill_of_both_market_assets_is_one_run_with_each_partitions_own_figures(
+    ui: UI,
+) -> None:
+    """The UI's "Materialize" of daily_bars + adj_factor over a range: one run, per-day truth."""
+    params = {
+        "tags": [],
+        "assetSelection": [{"path": ["daily_bars"]}, {"path": ["adj_factor"]}],
+        "partitionNames": DAYS,
+        "fromFailure": False,
+    }
+    launched = ui.graphql(LAUNCH_BACKFILL, backfillParams=params)["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def finished() -> str | None:
+        data = ui.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+        return data["status"] if data["status"] not in ("REQUESTED", "CANCELING") else None
+
+    assert wait_for("the backfill", finished, timeout=150, every=2) == "COMPLETED_SUCCESS"
+    [run] = ui.graphql(BACKFILL_RUNS, id=backfill_id)["partitionBackfillOrError"]["runs"]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert (
+        tags["dagster/asset_partition_range_start"],
+        tags["dagster/asset_partition_range_end"],
+    ) == (
+        DAYS[0],
+        DAYS[-1],
+    )  # one run for the whole range, both assets in it
+    # All checks of an asset are evaluated together: one step per asset, not one per check.
+    assert sorted(s["stepKey"] for s in run["stepStats"]) == [
+        "adj_factor",
+        "adj_factor_checks",
+        "daily_bars",
+        "daily_bars_checks",
+    ]
+    assert {s["status"] for s in run["stepStats"]} == {"SUCCESS"}
+    for name in ("ohlc_sanity", "complete_per_day", "no_missing_trading_days"):
+        [execution] = ui.graphql(CHECK_EXECUTIONS, path=["daily_bars"], name=name)[
+            "assetCheckExecutions"
+        ]
+        assert (execution["runId"], execution["status"]) == (run["runId"], "SUCCEEDED")
+
+    rows = ui.rows_per_day()
+    for day in DAYS:
+        [event] = ui.graphql(PARTITION_EVENT, path=["daily_bars"], partition=day)[
+            "assetNodeOrError"
+        ]["assetMaterializations"]
+        metadata = {
+            e["label"]: e.get("intValue", e.get("boolValue")) for e in event["metadataEntries"]
+        }
+        # The partition's own day, not the range's totals.
+        assert metadata["dagster/row_count"] == rows[day], day
+        assert metadata["market_open"] is True
+        assert metadata["failed_stocks"] == 0
+    assert len(set(rows.values())) > 1 or len(DAYS) == 1  # days differ, so totals would show
