@@ -4,6 +4,7 @@ Speed itself is measured by `benchmarks/writes.py`; these tests pin the mechanis
 """
 
 import datetime as dt
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from tests.test_warehouse import expected, read_table
 
 
 @pytest.fixture
-def pg_warehouse(postgres_server_url: str) -> Warehouse:
+def pg_warehouse(postgres_server_url: str) -> Iterator[Warehouse]:
     warehouse = Warehouse(postgres_server_url)
     warehouse.ensure_schema()
     _truncate(warehouse)
@@ -74,7 +75,9 @@ def test_changed_rerun_on_postgres_rewrites_only_changed_rows(pg_warehouse: Ware
 
     assert stats == UpsertStats(new, 3, len(frame) - new - 3)
     after = tuples(pg_warehouse).set_index(["code", "trade_date"])
-    changed_keys = set(zip(rerun.loc[changed, "code"], rerun.loc[changed, "trade_date"]))
+    changed_keys = set(
+        zip(rerun.loc[changed, "code"], rerun.loc[changed, "trade_date"], strict=True)
+    )
     moved = after.loc[before.index].ne(before).any(axis=1)
     assert set(moved[moved].index) == changed_keys
     pd.testing.assert_frame_equal(

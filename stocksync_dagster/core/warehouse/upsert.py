@@ -61,26 +61,27 @@ def upsert_frame(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame
         return UpsertStats(0, 0, 0)
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns if c.name in frame.columns]
-    frame = in_key_order(frame, keys, table.name)
+    order = key_order(frame, keys, table.name)
     if connection.dialect.name == "postgresql":
-        return _pg_upsert(connection, table, columns, keys, frame)
-    return _sqlite_upsert(connection, table, columns, keys, frame)
+        return _pg_upsert(connection, table, columns, keys, frame, order)
+    return _sqlite_upsert(connection, table, columns, keys, frame, order)
 
 
-def in_key_order(frame: pd.DataFrame, keys: list[str], name: str = "frame") -> pd.DataFrame:
-    """`frame` sorted by `keys` (itself if already sorted); ValueError on a duplicate key."""
+def key_order(frame: pd.DataFrame, keys: list[str], name: str = "frame") -> np.ndarray:
+    """Positions of `frame`'s rows sorted by `keys`; ValueError on a duplicate key.
+
+    Rows written in primary-key order fill the B-tree page by page instead of at random.
+    """
     codes = [pd.factorize(frame[k], sort=True)[0] for k in keys]
     order = np.lexsort(codes[::-1])
-    ordered = [c[order] for c in codes]
     if len(frame) > 1:
         same = np.ones(len(frame) - 1, dtype=bool)
-        for c in ordered:
-            same &= c[1:] == c[:-1]
+        for c in codes:
+            ordered = c[order]
+            same &= ordered[1:] == ordered[:-1]
         if same.any():
             raise ValueError(f"{name}: the frame has duplicate {', '.join(keys)} rows")
-    if (order[1:] > order[:-1]).all():
-        return frame
-    return frame.take(order)
+    return order
 
 
 def _pg_upsert(
@@ -89,15 +90,16 @@ def _pg_upsert(
     columns: list[str],
     keys: list[str],
     frame: pd.DataFrame,
+    order: np.ndarray,
 ) -> UpsertStats:
     _lock_table_writes(connection, table)
     bounds = _date_bounds(table, frame)
     if not _any_key_exists(connection, table, bounds):
-        _pg_copy(connection, table.name, table, columns, frame)
+        _pg_copy(connection, table.name, table, columns, frame, order)
         return UpsertStats(len(frame), 0, 0)
     stage = _staging_table(table, columns)
     stage.create(connection)
-    _pg_copy(connection, stage.name, table, columns, frame)
+    _pg_copy(connection, stage.name, table, columns, frame, order)
     connection.exec_driver_sql(f"ANALYZE {stage.name}")  # a row count for the join's plan
     inserted, updated = connection.execute(
         _pg_merge_statement(table, stage, columns, keys, bounds)
@@ -150,6 +152,7 @@ def _sqlite_upsert(
     columns: list[str],
     keys: list[str],
     frame: pd.DataFrame,
+    order: np.ndarray,
 ) -> UpsertStats:
     changing = [c for c in columns if c not in keys]
     stmt = sqlite.insert(table).values({c: sa.bindparam(c) for c in columns})
@@ -162,13 +165,18 @@ def _sqlite_upsert(
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
     compiled = stmt.compile(dialect=connection.dialect)
-    order = [columns.index(name) for name in compiled.positiontup or []]
+    bound = list(compiled.positiontup or [])
     bounds = _date_bounds(table, frame)
     before = _rows_in(connection, table, bounds)
+    cursor = connection.connection.cursor()
     written = 0
-    for values in _python_chunks(frame, table, columns, dates_as_text=True):
-        rows = list(zip(*[values[i] for i in order], strict=True))
-        written += connection.exec_driver_sql(str(compiled), rows).rowcount
+    try:
+        for values in _python_chunks(frame, table, bound, order, dates_as_text=True):
+            # an iterator, not a list: zip reuses one tuple per row while sqlite3 binds it
+            cursor.executemany(str(compiled), zip(*values, strict=True))
+            written += cursor.rowcount
+    finally:
+        cursor.close()
     inserted = _rows_in(connection, table, bounds) - before  # an upsert never deletes
     return UpsertStats(inserted, written - inserted, len(frame) - written)
 
@@ -219,36 +227,41 @@ def _any_key_exists(
 
 
 def _pg_copy(
-    connection: sa.Connection, target: str, table: sa.Table, columns: list[str], frame: pd.DataFrame
+    connection: sa.Connection,
+    target: str,
+    table: sa.Table,
+    columns: list[str],
+    frame: pd.DataFrame,
+    order: np.ndarray,
 ) -> None:
     raw = connection.connection.driver_connection
     sql = f"COPY {target} ({', '.join(columns)}) FROM STDIN"
     if raw.__class__.__module__.startswith("psycopg2"):
-        buffer = io.StringIO()
-        values = _python_columns(frame, table, columns)
-        pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(
-            buffer, index=False, header=False
-        )
-        buffer.seek(0)
         with raw.cursor() as cursor:
-            cursor.copy_expert(f"{sql} WITH (FORMAT csv)", buffer)
+            for values in _python_chunks(frame, table, columns, order):
+                buffer = io.StringIO()
+                pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(
+                    buffer, index=False, header=False
+                )
+                buffer.seek(0)
+                cursor.copy_expert(f"{sql} WITH (FORMAT csv)", buffer)
         return
-    blocks = _binary_blocks(frame, table, columns)
+    blocks = _binary_blocks(frame, table, columns, order)
     with raw.cursor() as cursor, cursor.copy(f"{sql} (FORMAT BINARY)") as copy:
         if blocks is not None:  # the whole COPY stream, built with numpy
             for block in blocks:
                 copy.write(block)
             return
         copy.set_types([_pg_binary_type(table.c[c].type) for c in columns])
-        for values in _python_chunks(frame, table, columns):
+        for values in _python_chunks(frame, table, columns, order):
             for row in zip(*values, strict=True):
                 copy.write_row(row)
 
 
 def _binary_blocks(
-    frame: pd.DataFrame, table: sa.Table, columns: list[str]
+    frame: pd.DataFrame, table: sa.Table, columns: list[str], order: np.ndarray | None = None
 ) -> Iterator[bytes] | None:
-    """`frame` as PostgreSQL binary COPY data built column-wise with numpy (~5x `write_row`).
+    """`frame` (rows in `order`) as PostgreSQL binary COPY data built with numpy (~5x `write_row`).
 
     None when a row would not have a fixed layout: a NULL, or text of varying length or not
     ASCII. Then the caller falls back to `write_row`.
@@ -259,6 +272,7 @@ def _binary_blocks(
         if array is None:
             return None
         arrays.append(array)
+    positions = np.arange(len(frame)) if order is None else order
     layout = [("count", ">i2")]
     for i, array in enumerate(arrays):
         kind = array.dtype if array.dtype.kind == "S" else array.dtype.newbyteorder(">")
@@ -268,11 +282,12 @@ def _binary_blocks(
     def blocks() -> Iterator[bytes]:
         yield _BINARY_SIGNATURE
         for start in range(0, len(frame), CHUNK_ROWS):
-            part = np.empty(min(CHUNK_ROWS, len(frame) - start), dtype=dtype)
+            rows = positions[start : start + CHUNK_ROWS]
+            part = np.empty(len(rows), dtype=dtype)
             part["count"] = len(arrays)
             for i, array in enumerate(arrays):
                 part[f"n{i}"] = array.dtype.itemsize
-                part[f"v{i}"] = array[start : start + len(part)]
+                part[f"v{i}"] = array[rows]
             yield part.tobytes()
         yield _BINARY_TRAILER
 
@@ -295,8 +310,9 @@ def _fixed_width(series: pd.Series, column_type: sa.types.TypeEngine) -> np.ndar
     if isinstance(column_type, sa.Date):
         return _pg_days(series)
     if isinstance(column_type, sa.String):
+        codes, uniques = pd.factorize(series)
         try:
-            text = np.array(series.tolist(), dtype=np.bytes_)  # raises on non-ASCII
+            text = np.array(list(uniques), dtype=np.bytes_)[codes]  # raises on non-ASCII
         except (UnicodeEncodeError, TypeError, ValueError):
             return None
         lengths = np.char.str_len(text)
@@ -311,11 +327,12 @@ def _pg_days(series: pd.Series) -> np.ndarray | None:
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         days = series.to_numpy(dtype="datetime64[D]").astype(np.int64)
         return (days + (_UNIX_EPOCH_ORDINAL - _PG_EPOCH_ORDINAL)).astype(np.int32)
+    codes, uniques = pd.factorize(series)
     try:
-        ordinals = np.fromiter((d.toordinal() for d in series.tolist()), np.int64, len(series))
+        ordinals = np.fromiter((d.toordinal() for d in uniques), np.int64, len(uniques))
     except (AttributeError, TypeError, ValueError):
         return None
-    return (ordinals - _PG_EPOCH_ORDINAL).astype(np.int32)
+    return (ordinals - _PG_EPOCH_ORDINAL).astype(np.int32)[codes]
 
 
 def _pg_binary_type(column_type: sa.types.TypeEngine) -> str:
@@ -326,60 +343,61 @@ def _pg_binary_type(column_type: sa.types.TypeEngine) -> str:
 
 
 def _python_chunks(
-    frame: pd.DataFrame, table: sa.Table, columns: list[str], *, dates_as_text: bool = False
+    frame: pd.DataFrame,
+    table: sa.Table,
+    columns: list[str],
+    order: np.ndarray,
+    *,
+    dates_as_text: bool = False,
 ) -> Iterator[list[list]]:
-    """`_python_columns` of `CHUNK_ROWS` rows at a time."""
-    for start in range(0, len(frame), CHUNK_ROWS):
-        part = frame.iloc[start : start + CHUNK_ROWS]
-        yield _python_columns(part, table, columns, dates_as_text=dates_as_text)
-
-
-def _python_columns(
-    frame: pd.DataFrame, table: sa.Table, columns: list[str], *, dates_as_text: bool = False
-) -> list[list]:
-    """Column-wise Python values (None for missing) in the types the driver expects.
+    """Column-wise Python values (None for missing) in the types the driver expects, for the
+    rows at `order`, `CHUNK_ROWS` rows at a time.
 
     Vectorised: numbers through numpy, text and dates converted once per distinct value.
     `dates_as_text` gives ISO `YYYY-MM-DD` strings (how SQLite stores a DATE).
     """
-    out = []
-    for name in columns:
-        series = frame[name]
-        column_type = table.c[name].type
-        if isinstance(column_type, sa.Date):
-            out.append(_by_distinct_value(series, _iso_date if dates_as_text else _as_date))
-        elif isinstance(column_type, sa.Integer | sa.BigInteger):
-            missing = series.isna().to_numpy()
-            if not missing.any():
-                out.append(series.to_numpy(dtype=np.int64).tolist())
-            else:
-                values = series.to_numpy(dtype=object)
-                values[~missing] = [int(v) for v in values[~missing]]
-                values[missing] = None
-                out.append(values.tolist())
-        elif isinstance(column_type, sa.Double | sa.Float):
-            array = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            missing = np.isnan(array)
-            if not missing.any():
-                out.append(array.tolist())
-            else:
-                values = array.astype(object)
-                values[missing] = None
-                out.append(values.tolist())
-        elif isinstance(column_type, sa.Boolean):
-            out.append(_by_distinct_value(series, bool))
-        else:
-            out.append(_by_distinct_value(series, str))
-    return out
+    converted = [_driver_values(frame[name], table.c[name].type, dates_as_text) for name in columns]
+    for start in range(0, len(frame), CHUNK_ROWS):
+        rows = order[start : start + CHUNK_ROWS]
+        yield [take(rows) for take in converted]
 
 
-def _by_distinct_value(series: pd.Series, convert: Callable[[Any], object]) -> list:
-    """`convert` applied to each distinct non-missing value once; None where missing."""
+def _driver_values(
+    series: pd.Series, column_type: sa.types.TypeEngine, dates_as_text: bool
+) -> Callable[[np.ndarray], list]:
+    """A function giving the column's driver values at some row positions."""
+    if isinstance(column_type, sa.Double | sa.Float):
+        return _with_nulls(series.to_numpy(dtype=np.float64, na_value=np.nan), series)
+    if isinstance(column_type, sa.Integer | sa.BigInteger) and not (
+        pd.api.types.is_float_dtype(series.dtype) and series.isna().any()
+    ):
+        return _with_nulls(series.to_numpy(dtype=np.int64, na_value=0), series)
+    if isinstance(column_type, sa.Integer | sa.BigInteger):
+        convert: Callable[[Any], object] = int
+    elif isinstance(column_type, sa.Date):
+        convert = _iso_date if dates_as_text else _as_date
+    elif isinstance(column_type, sa.Boolean):
+        convert = bool
+    else:
+        convert = str
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     lookup = np.empty(len(uniques) + 1, dtype=object)
     lookup[:-1] = [convert(v) for v in uniques]
     lookup[-1] = None  # code -1 = missing
-    return lookup[codes].tolist()
+    return lambda rows: lookup[codes[rows]].tolist()
+
+
+def _with_nulls(array: np.ndarray, series: pd.Series) -> Callable[[np.ndarray], list]:
+    missing = series.isna().to_numpy()
+    if not missing.any():
+        return lambda rows: array[rows].tolist()
+
+    def take(rows: np.ndarray) -> list:
+        values = array[rows].astype(object)
+        values[missing[rows]] = None
+        return values.tolist()
+
+    return take
 
 
 def _iso_date(value: object) -> str | None:
