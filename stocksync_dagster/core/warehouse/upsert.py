@@ -36,6 +36,7 @@ _PG_BINARY_TYPES = {
 }
 # Rows per conversion batch: bounds the memory of a large write to a few tens of MB.
 CHUNK_ROWS = 100_000
+_MERGE_WORK_MEM = "128MB"  # for the transaction of a Postgres write only
 _PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()  # binary COPY dates count days from here
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
@@ -61,27 +62,34 @@ def upsert_frame(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame
         return UpsertStats(0, 0, 0)
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns if c.name in frame.columns]
-    order = key_order(frame, keys, table.name)
+    rows = _Rows(frame, keys, table.name)
     if connection.dialect.name == "postgresql":
-        return _pg_upsert(connection, table, columns, keys, frame, order)
-    return _sqlite_upsert(connection, table, columns, keys, frame, order)
+        return _pg_upsert(connection, table, columns, keys, rows)
+    return _sqlite_upsert(connection, table, columns, keys, rows)
 
 
-def key_order(frame: pd.DataFrame, keys: list[str], name: str = "frame") -> np.ndarray:
-    """Positions of `frame`'s rows sorted by `keys`; ValueError on a duplicate key.
+class _Rows:
+    """A frame to write, its rows' primary-key order and the keys' distinct values.
 
     Rows written in primary-key order fill the B-tree page by page instead of at random.
+    Raises ValueError on a duplicate key.
     """
-    codes = [pd.factorize(frame[k], sort=True)[0] for k in keys]
-    order = np.lexsort(codes[::-1])
-    if len(frame) > 1:
-        same = np.ones(len(frame) - 1, dtype=bool)
-        for c in codes:
-            ordered = c[order]
-            same &= ordered[1:] == ordered[:-1]
-        if same.any():
-            raise ValueError(f"{name}: the frame has duplicate {', '.join(keys)} rows")
-    return order
+
+    def __init__(self, frame: pd.DataFrame, keys: list[str], name: str) -> None:
+        self.frame = frame
+        self.factors = {k: pd.factorize(frame[k], sort=True) for k in keys}
+        codes = [self.factors[k][0] for k in keys]
+        self.order = np.lexsort(codes[::-1])
+        if len(frame) > 1:
+            same = np.ones(len(frame) - 1, dtype=bool)
+            for c in codes:
+                ordered = c[self.order]
+                same &= ordered[1:] == ordered[:-1]
+            if same.any():
+                raise ValueError(f"{name}: the frame has duplicate {', '.join(keys)} rows")
+
+    def __len__(self) -> int:
+        return len(self.frame)
 
 
 def _pg_upsert(
@@ -89,22 +97,22 @@ def _pg_upsert(
     table: sa.Table,
     columns: list[str],
     keys: list[str],
-    frame: pd.DataFrame,
-    order: np.ndarray,
+    rows: _Rows,
 ) -> UpsertStats:
     _lock_table_writes(connection, table)
-    bounds = _date_bounds(table, frame)
+    bounds = _date_bounds(table, rows.frame)
     if not _any_key_exists(connection, table, bounds):
-        _pg_copy(connection, table.name, table, columns, frame, order)
-        return UpsertStats(len(frame), 0, 0)
+        _pg_copy(connection, table.name, table, columns, rows)
+        return UpsertStats(len(rows), 0, 0)
     stage = _staging_table(table, columns)
     stage.create(connection)
-    _pg_copy(connection, stage.name, table, columns, frame, order)
-    connection.exec_driver_sql(f"ANALYZE {stage.name}")  # a row count for the join's plan
+    _pg_copy(connection, stage.name, table, columns, rows)
+    # the anti-join hashes the range's stored rows: in memory, not in batches spilled to disk
+    connection.exec_driver_sql(f"SET LOCAL work_mem = '{_MERGE_WORK_MEM}'")
     inserted, updated = connection.execute(
         _pg_merge_statement(table, stage, columns, keys, bounds)
     ).one()
-    return UpsertStats(inserted, updated, len(frame) - inserted - updated)
+    return UpsertStats(inserted, updated, len(rows) - inserted - updated)
 
 
 def _pg_merge_statement(
@@ -151,8 +159,7 @@ def _sqlite_upsert(
     table: sa.Table,
     columns: list[str],
     keys: list[str],
-    frame: pd.DataFrame,
-    order: np.ndarray,
+    rows: _Rows,
 ) -> UpsertStats:
     changing = [c for c in columns if c not in keys]
     stmt = sqlite.insert(table).values({c: sa.bindparam(c) for c in columns})
@@ -166,19 +173,22 @@ def _sqlite_upsert(
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
     compiled = stmt.compile(dialect=connection.dialect)
     bound = list(compiled.positiontup or [])
-    bounds = _date_bounds(table, frame)
+    bounds = _date_bounds(table, rows.frame)
     before = _rows_in(connection, table, bounds)
     cursor = connection.connection.cursor()
     written = 0
     try:
-        for values in _python_chunks(frame, table, bound, order, dates_as_text=True):
+        for values in _python_chunks(rows, table, bound, dates_as_text=True):
             # an iterator, not a list: zip reuses one tuple per row while sqlite3 binds it
             cursor.executemany(str(compiled), zip(*values, strict=True))
             written += cursor.rowcount
     finally:
         cursor.close()
-    inserted = _rows_in(connection, table, bounds) - before  # an upsert never deletes
-    return UpsertStats(inserted, written - inserted, len(frame) - written)
+    if before == 0 or written == 0:  # every written row is new / nothing was inserted
+        inserted = written
+    else:
+        inserted = _rows_in(connection, table, bounds) - before  # an upsert never deletes
+    return UpsertStats(inserted, written - inserted, len(rows) - written)
 
 
 def _rows_in(
@@ -231,14 +241,13 @@ def _pg_copy(
     target: str,
     table: sa.Table,
     columns: list[str],
-    frame: pd.DataFrame,
-    order: np.ndarray,
+    rows: _Rows,
 ) -> None:
     raw = connection.connection.driver_connection
     sql = f"COPY {target} ({', '.join(columns)}) FROM STDIN"
     if raw.__class__.__module__.startswith("psycopg2"):
         with raw.cursor() as cursor:
-            for values in _python_chunks(frame, table, columns, order):
+            for values in _python_chunks(rows, table, columns):
                 buffer = io.StringIO()
                 pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(
                     buffer, index=False, header=False
@@ -246,14 +255,14 @@ def _pg_copy(
                 buffer.seek(0)
                 cursor.copy_expert(f"{sql} WITH (FORMAT csv)", buffer)
         return
-    blocks = _binary_blocks(frame, table, columns, order)
+    blocks = _binary_blocks(rows.frame, table, columns, rows.order)
     with raw.cursor() as cursor, cursor.copy(f"{sql} (FORMAT BINARY)") as copy:
         if blocks is not None:  # the whole COPY stream, built with numpy
             for block in blocks:
                 copy.write(block)
             return
         copy.set_types([_pg_binary_type(table.c[c].type) for c in columns])
-        for values in _python_chunks(frame, table, columns, order):
+        for values in _python_chunks(rows, table, columns):
             for row in zip(*values, strict=True):
                 copy.write_row(row)
 
@@ -343,29 +352,37 @@ def _pg_binary_type(column_type: sa.types.TypeEngine) -> str:
 
 
 def _python_chunks(
-    frame: pd.DataFrame,
+    rows: _Rows,
     table: sa.Table,
     columns: list[str],
-    order: np.ndarray,
     *,
     dates_as_text: bool = False,
 ) -> Iterator[list[list]]:
-    """Column-wise Python values (None for missing) in the types the driver expects, for the
-    rows at `order`, `CHUNK_ROWS` rows at a time.
+    """Column-wise Python values (None for missing) in the types the driver expects, in key
+    order, `CHUNK_ROWS` rows at a time.
 
     Vectorised: numbers through numpy, text and dates converted once per distinct value.
     `dates_as_text` gives ISO `YYYY-MM-DD` strings (how SQLite stores a DATE).
     """
-    converted = [_driver_values(frame[name], table.c[name].type, dates_as_text) for name in columns]
-    for start in range(0, len(frame), CHUNK_ROWS):
-        rows = order[start : start + CHUNK_ROWS]
-        yield [take(rows) for take in converted]
+    converted = [
+        _driver_values(rows.frame[c], table.c[c].type, dates_as_text, rows.factors.get(c))
+        for c in columns
+    ]
+    for start in range(0, len(rows), CHUNK_ROWS):
+        positions = rows.order[start : start + CHUNK_ROWS]
+        yield [take(positions) for take in converted]
 
 
 def _driver_values(
-    series: pd.Series, column_type: sa.types.TypeEngine, dates_as_text: bool
+    series: pd.Series,
+    column_type: sa.types.TypeEngine,
+    dates_as_text: bool,
+    factors: tuple[np.ndarray, Any] | None = None,
 ) -> Callable[[np.ndarray], list]:
-    """A function giving the column's driver values at some row positions."""
+    """A function giving the column's driver values at some row positions.
+
+    `factors`: the column's `pd.factorize`, when already computed (the key columns).
+    """
     if isinstance(column_type, sa.Double | sa.Float):
         return _with_nulls(series.to_numpy(dtype=np.float64, na_value=np.nan), series)
     if isinstance(column_type, sa.Integer | sa.BigInteger) and not (
@@ -380,7 +397,7 @@ def _driver_values(
         convert = bool
     else:
         convert = str
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    codes, uniques = factors or pd.factorize(series, use_na_sentinel=True)
     lookup = np.empty(len(uniques) + 1, dtype=object)
     lookup[:-1] = [convert(v) for v in uniques]
     lookup[-1] = None  # code -1 = missing
