@@ -36,7 +36,7 @@ _PG_BINARY_TYPES = {
 }
 # Rows per conversion batch: bounds the memory of a large write to a few tens of MB.
 CHUNK_ROWS = 100_000
-_MERGE_WORK_MEM = "128MB"  # for the transaction of a Postgres write only
+_MERGE_WORK_MEM = "128MB"  # SET LOCAL: until the writing transaction ends
 _PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()  # binary COPY dates count days from here
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
