@@ -1,19 +1,24 @@
 """Idempotent bulk upserts of normalised frames, inside the caller's transaction.
 
-PostgreSQL: binary COPY into a TEMP staging table, then one `INSERT ... ON CONFLICT DO UPDATE`
-that only touches rows whose values changed. When none of the frame's keys exist yet (a history
-load), the rows are COPYed straight into the table: the same result at raw COPY speed. The COPY
-data is built column-wise with numpy when every row has the same layout (no NULLs, fixed-width
-ASCII text), else row by row with `write_row`; either way in chunks, so memory stays bounded.
-SQLite: the same statements, with the staging table filled by `executemany`.
+Rows are written in primary-key order (a (code, trade_date) B-tree then fills page by page).
+PostgreSQL: when none of the frame's keys exist yet (a history load) the rows are binary-COPYed
+straight into the table. Otherwise they are COPYed into a TEMP staging table and one
+`INSERT ... SELECT ... ON CONFLICT DO UPDATE` writes only the staged rows that are new or
+differ from the stored ones (an anti-join): an identical rerun touches no tuple and writes
+(almost) no WAL. `RETURNING (xmax = 0)` tells inserted from updated rows. The COPY data is
+built column-wise with numpy when every row has the same layout (no NULLs, fixed-width ASCII
+text), else row by row with `write_row`; either way in chunks, so memory stays bounded.
+SQLite: one `executemany` of `INSERT ... ON CONFLICT DO UPDATE ... WHERE` changed; counts
+from the statement's row count and the rows in the frame's date range before and after.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +36,7 @@ _PG_BINARY_TYPES = {
 }
 # Rows per conversion batch: bounds the memory of a large write to a few tens of MB.
 CHUNK_ROWS = 100_000
+_MERGE_WORK_MEM = "128MB"  # SET LOCAL: until the writing transaction ends
 _PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()  # binary COPY dates count days from here
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
@@ -56,52 +62,143 @@ def upsert_frame(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame
         return UpsertStats(0, 0, 0)
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns if c.name in frame.columns]
-    if frame.duplicated(subset=keys).any():
-        raise ValueError(f"{table.name}: the frame has duplicate {', '.join(keys)} rows")
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        _lock_table_writes(connection, table)
-        if not _any_key_exists(connection, table, frame):
-            _pg_copy(connection, table.name, table, columns, frame)
-            return UpsertStats(len(frame), 0, 0)
+    rows = _Rows(frame, keys, table.name)
+    if connection.dialect.name == "postgresql":
+        return _pg_upsert(connection, table, columns, keys, rows)
+    return _sqlite_upsert(connection, table, columns, keys, rows)
+
+
+class _Rows:
+    """A frame to write, its rows' primary-key order and the keys' distinct values.
+
+    Rows written in primary-key order fill the B-tree page by page instead of at random.
+    Raises ValueError on a duplicate key.
+    """
+
+    def __init__(self, frame: pd.DataFrame, keys: list[str], name: str) -> None:
+        self.frame = frame
+        self.factors = {k: pd.factorize(frame[k], sort=True) for k in keys}
+        codes = [self.factors[k][0] for k in keys]
+        self.order = np.lexsort(codes[::-1])
+        if len(frame) > 1:
+            same = np.ones(len(frame) - 1, dtype=bool)
+            for c in codes:
+                ordered = c[self.order]
+                same &= ordered[1:] == ordered[:-1]
+            if same.any():
+                raise ValueError(f"{name}: the frame has duplicate {', '.join(keys)} rows")
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def _pg_upsert(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: list[str],
+    keys: list[str],
+    rows: _Rows,
+) -> UpsertStats:
+    _lock_table_writes(connection, table)
+    bounds = _date_bounds(table, rows.frame)
+    if not _any_key_exists(connection, table, bounds):
+        _pg_copy(connection, table.name, table, columns, rows)
+        return UpsertStats(len(rows), 0, 0)
     stage = _staging_table(table, columns)
     stage.create(connection)
-    try:
-        if dialect == "postgresql":
-            _pg_copy(connection, stage.name, table, columns, frame)
-        else:
-            placeholders = ", ".join("?" for _ in columns)
-            sql = f"INSERT INTO {stage.name} ({', '.join(columns)}) VALUES ({placeholders})"
-            for values in _python_chunks(frame, table, columns):
-                connection.exec_driver_sql(sql, list(zip(*values, strict=True)))
-        join = " AND ".join(f"s.{k} = t.{k}" for k in keys)
-        existing = connection.exec_driver_sql(
-            f"SELECT count(*) FROM {stage.name} s JOIN {table.name} t ON {join}"
-        ).scalar_one()
-        merge = _merge_statement(dialect, table, stage, columns, keys)
-        written = connection.execute(merge.execution_options(preserve_rowcount=True)).rowcount
-    finally:
-        if dialect != "postgresql":
-            stage.drop(connection)
-    inserted = len(frame) - existing
-    updated = written - inserted
-    return UpsertStats(inserted, updated, existing - updated)
+    _pg_copy(connection, stage.name, table, columns, rows)
+    # the anti-join hashes the range's stored rows: in memory, not in batches spilled to disk
+    connection.exec_driver_sql(f"SET LOCAL work_mem = '{_MERGE_WORK_MEM}'")
+    inserted, updated = connection.execute(
+        _pg_merge_statement(table, stage, columns, keys, bounds)
+    ).one()
+    return UpsertStats(inserted, updated, len(rows) - inserted - updated)
 
 
-def _merge_statement(
-    dialect: str, table: sa.Table, stage: sa.Table, columns: list[str], keys: list[str]
-) -> sa.Insert:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
-    stmt = insert(table).from_select(
-        columns, sa.select(*[stage.c[c] for c in columns]).where(sa.true())
-    )
+def _pg_merge_statement(
+    table: sa.Table,
+    stage: sa.Table,
+    columns: list[str],
+    keys: list[str],
+    bounds: tuple[str, object, object] | None,
+) -> sa.Select:
+    """Insert/update only the staged rows that are new or differ; count each kind."""
     changing = [c for c in columns if c not in keys]
-    return stmt.on_conflict_do_update(
-        index_elements=keys,
-        set_={c: stmt.excluded[c] for c in changing},
-        where=sa.or_(*[table.c[c].is_distinct_from(stmt.excluded[c]) for c in changing]),
+    on = [table.c[k] == stage.c[k] for k in keys]
+    if bounds is not None:  # lets the planner read only the range's part of the table
+        name, low, high = bounds
+        on.append(table.c[name].between(low, high))
+    differs = sa.tuple_(*[table.c[c] for c in changing]).is_distinct_from(
+        sa.tuple_(*[stage.c[c] for c in changing])
     )
+    source = (
+        sa.select(*[stage.c[c] for c in columns])
+        .select_from(stage.outerjoin(table, sa.and_(*on)))
+        .where(
+            sa.or_(table.c[keys[0]].is_(None), differs) if changing else table.c[keys[0]].is_(None)
+        )
+    )
+    stmt = postgresql.insert(table).from_select(columns, source)
+    if changing:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: stmt.excluded[c] for c in changing}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    # xmax = 0 only on a freshly inserted tuple; an ON CONFLICT update sets it
+    written = stmt.returning(sa.literal_column("xmax = 0").label("new")).cte("written")
+    new = written.c.new
+    return sa.select(
+        sa.func.count().filter(new).label("inserted"),
+        sa.func.count().filter(sa.not_(new)).label("updated"),
+    ).select_from(written)
+
+
+def _sqlite_upsert(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: list[str],
+    keys: list[str],
+    rows: _Rows,
+) -> UpsertStats:
+    changing = [c for c in columns if c not in keys]
+    stmt = sqlite.insert(table).values({c: sa.bindparam(c) for c in columns})
+    if changing:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={c: stmt.excluded[c] for c in changing},
+            where=sa.or_(*[table.c[c].is_distinct_from(stmt.excluded[c]) for c in changing]),
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    compiled = stmt.compile(dialect=connection.dialect)
+    bound = list(compiled.positiontup or [])
+    bounds = _date_bounds(table, rows.frame)
+    before = _rows_in(connection, table, bounds)
+    cursor = connection.connection.cursor()
+    written = 0
+    try:
+        for values in _python_chunks(rows, table, bound, dates_as_text=True):
+            # an iterator, not a list: zip reuses one tuple per row while sqlite3 binds it
+            cursor.executemany(str(compiled), zip(*values, strict=True))
+            written += cursor.rowcount
+    finally:
+        cursor.close()
+    if before == 0 or written == 0:  # every written row is new / nothing was inserted
+        inserted = written
+    else:
+        inserted = _rows_in(connection, table, bounds) - before  # an upsert never deletes
+    return UpsertStats(inserted, written - inserted, len(rows) - written)
+
+
+def _rows_in(
+    connection: sa.Connection, table: sa.Table, bounds: tuple[str, object, object] | None
+) -> int:
+    query = sa.select(sa.func.count()).select_from(table)
+    if bounds is not None:
+        name, low, high = bounds
+        query = query.where(table.c[name].between(low, high))
+    return int(connection.execute(query).scalar_one())
 
 
 def _staging_table(table: sa.Table, columns: list[str]) -> sa.Table:
@@ -119,46 +216,61 @@ def _lock_table_writes(connection: sa.Connection, table: sa.Table) -> None:
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock(hashtext('stocksync.{table.name}'))")
 
 
-def _any_key_exists(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> bool:
+def _date_bounds(table: sa.Table, frame: pd.DataFrame) -> tuple[str, object, object] | None:
+    """(date key, first, last day) of `frame`, or None when the key has no date column."""
     keys = [c.name for c in table.primary_key.columns]
-    date_key = next((k for k in keys if isinstance(table.c[k].type, sa.Date)), None)
+    name = next((k for k in keys if isinstance(table.c[k].type, sa.Date)), None)
+    if name is None:
+        return None
+    days = frame[name]
+    return name, _as_date(days.min()), _as_date(days.max())
+
+
+def _any_key_exists(
+    connection: sa.Connection, table: sa.Table, bounds: tuple[str, object, object] | None
+) -> bool:
     query = sa.select(sa.literal(1)).select_from(table)
-    if date_key is not None:
-        query = query.where(table.c[date_key].between(frame[date_key].min(), frame[date_key].max()))
+    if bounds is not None:
+        name, low, high = bounds
+        query = query.where(table.c[name].between(low, high))
     return connection.execute(query.limit(1)).first() is not None
 
 
 def _pg_copy(
-    connection: sa.Connection, target: str, table: sa.Table, columns: list[str], frame: pd.DataFrame
+    connection: sa.Connection,
+    target: str,
+    table: sa.Table,
+    columns: list[str],
+    rows: _Rows,
 ) -> None:
     raw = connection.connection.driver_connection
     sql = f"COPY {target} ({', '.join(columns)}) FROM STDIN"
     if raw.__class__.__module__.startswith("psycopg2"):
-        buffer = io.StringIO()
-        values = _python_columns(frame, table, columns)
-        pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(
-            buffer, index=False, header=False
-        )
-        buffer.seek(0)
         with raw.cursor() as cursor:
-            cursor.copy_expert(f"{sql} WITH (FORMAT csv)", buffer)
+            for values in _python_chunks(rows, table, columns):
+                buffer = io.StringIO()
+                pd.DataFrame(dict(zip(columns, values, strict=True))).to_csv(
+                    buffer, index=False, header=False
+                )
+                buffer.seek(0)
+                cursor.copy_expert(f"{sql} WITH (FORMAT csv)", buffer)
         return
-    blocks = _binary_blocks(frame, table, columns)
+    blocks = _binary_blocks(rows.frame, table, columns, rows.order)
     with raw.cursor() as cursor, cursor.copy(f"{sql} (FORMAT BINARY)") as copy:
         if blocks is not None:  # the whole COPY stream, built with numpy
             for block in blocks:
                 copy.write(block)
             return
         copy.set_types([_pg_binary_type(table.c[c].type) for c in columns])
-        for values in _python_chunks(frame, table, columns):
+        for values in _python_chunks(rows, table, columns):
             for row in zip(*values, strict=True):
                 copy.write_row(row)
 
 
 def _binary_blocks(
-    frame: pd.DataFrame, table: sa.Table, columns: list[str]
+    frame: pd.DataFrame, table: sa.Table, columns: list[str], order: np.ndarray | None = None
 ) -> Iterator[bytes] | None:
-    """`frame` as PostgreSQL binary COPY data built column-wise with numpy (~5x `write_row`).
+    """`frame` (rows in `order`) as PostgreSQL binary COPY data built with numpy (~5x `write_row`).
 
     None when a row would not have a fixed layout: a NULL, or text of varying length or not
     ASCII. Then the caller falls back to `write_row`.
@@ -169,11 +281,7 @@ def _binary_blocks(
         if array is None:
             return None
         arrays.append(array)
-    # Rows in primary-key order fill the index page by page: about twice as fast as (date, code).
-    keys = [arrays[columns.index(c.name)] for c in table.primary_key.columns if c.name in columns]
-    if keys and len(frame) > 1:
-        order = np.lexsort(keys[::-1])
-        arrays = [array[order] for array in arrays]
+    positions = np.arange(len(frame)) if order is None else order
     layout = [("count", ">i2")]
     for i, array in enumerate(arrays):
         kind = array.dtype if array.dtype.kind == "S" else array.dtype.newbyteorder(">")
@@ -183,11 +291,12 @@ def _binary_blocks(
     def blocks() -> Iterator[bytes]:
         yield _BINARY_SIGNATURE
         for start in range(0, len(frame), CHUNK_ROWS):
-            part = np.empty(min(CHUNK_ROWS, len(frame) - start), dtype=dtype)
+            rows = positions[start : start + CHUNK_ROWS]
+            part = np.empty(len(rows), dtype=dtype)
             part["count"] = len(arrays)
             for i, array in enumerate(arrays):
                 part[f"n{i}"] = array.dtype.itemsize
-                part[f"v{i}"] = array[start : start + len(part)]
+                part[f"v{i}"] = array[rows]
             yield part.tobytes()
         yield _BINARY_TRAILER
 
@@ -210,8 +319,9 @@ def _fixed_width(series: pd.Series, column_type: sa.types.TypeEngine) -> np.ndar
     if isinstance(column_type, sa.Date):
         return _pg_days(series)
     if isinstance(column_type, sa.String):
+        codes, uniques = pd.factorize(series)
         try:
-            text = np.array(series.tolist(), dtype=np.bytes_)  # raises on non-ASCII
+            text = np.array(list(uniques), dtype=np.bytes_)[codes]  # raises on non-ASCII
         except (UnicodeEncodeError, TypeError, ValueError):
             return None
         lengths = np.char.str_len(text)
@@ -226,11 +336,12 @@ def _pg_days(series: pd.Series) -> np.ndarray | None:
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         days = series.to_numpy(dtype="datetime64[D]").astype(np.int64)
         return (days + (_UNIX_EPOCH_ORDINAL - _PG_EPOCH_ORDINAL)).astype(np.int32)
+    codes, uniques = pd.factorize(series)
     try:
-        ordinals = np.fromiter((d.toordinal() for d in series.tolist()), np.int64, len(series))
+        ordinals = np.fromiter((d.toordinal() for d in uniques), np.int64, len(uniques))
     except (AttributeError, TypeError, ValueError):
         return None
-    return (ordinals - _PG_EPOCH_ORDINAL).astype(np.int32)
+    return (ordinals - _PG_EPOCH_ORDINAL).astype(np.int32)[codes]
 
 
 def _pg_binary_type(column_type: sa.types.TypeEngine) -> str:
@@ -241,34 +352,74 @@ def _pg_binary_type(column_type: sa.types.TypeEngine) -> str:
 
 
 def _python_chunks(
-    frame: pd.DataFrame, table: sa.Table, columns: list[str]
+    rows: _Rows,
+    table: sa.Table,
+    columns: list[str],
+    *,
+    dates_as_text: bool = False,
 ) -> Iterator[list[list]]:
-    """`_python_columns` of `CHUNK_ROWS` rows at a time."""
-    for start in range(0, len(frame), CHUNK_ROWS):
-        yield _python_columns(frame.iloc[start : start + CHUNK_ROWS], table, columns)
+    """Column-wise Python values (None for missing) in the types the driver expects, in key
+    order, `CHUNK_ROWS` rows at a time.
+
+    Vectorised: numbers through numpy, text and dates converted once per distinct value.
+    `dates_as_text` gives ISO `YYYY-MM-DD` strings (how SQLite stores a DATE).
+    """
+    converted = [
+        _driver_values(rows.frame[c], table.c[c].type, dates_as_text, rows.factors.get(c))
+        for c in columns
+    ]
+    for start in range(0, len(rows), CHUNK_ROWS):
+        positions = rows.order[start : start + CHUNK_ROWS]
+        yield [take(positions) for take in converted]
 
 
-def _python_columns(frame: pd.DataFrame, table: sa.Table, columns: list[str]) -> list[list]:
-    """Column-wise Python values (None for missing) in the types the driver expects."""
-    out = []
-    for name in columns:
-        series = frame[name]
-        column_type = table.c[name].type
-        if isinstance(column_type, sa.Date):
-            values = [v if type(v) is dt.date else _as_date(v) for v in series.tolist()]
-        elif isinstance(column_type, sa.Integer | sa.BigInteger):
-            values = [None if pd.isna(v) else int(v) for v in series.tolist()]
-        elif isinstance(column_type, sa.Double | sa.Float):
-            array = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            values = [None if v != v else v for v in array.tolist()]
-        elif isinstance(column_type, sa.Boolean):
-            values = [None if v is None or v is pd.NA else bool(v) for v in series.tolist()]
-        else:
-            values = [
-                None if v is None or v is pd.NA or v != v else str(v) for v in series.tolist()
-            ]
-        out.append(values)
-    return out
+def _driver_values(
+    series: pd.Series,
+    column_type: sa.types.TypeEngine,
+    dates_as_text: bool,
+    factors: tuple[np.ndarray, Any] | None = None,
+) -> Callable[[np.ndarray], list]:
+    """A function giving the column's driver values at some row positions.
+
+    `factors`: the column's `pd.factorize`, when already computed (the key columns).
+    """
+    if isinstance(column_type, sa.Double | sa.Float):
+        return _with_nulls(series.to_numpy(dtype=np.float64, na_value=np.nan), series)
+    if isinstance(column_type, sa.Integer | sa.BigInteger) and not (
+        pd.api.types.is_float_dtype(series.dtype) and series.isna().any()
+    ):
+        return _with_nulls(series.to_numpy(dtype=np.int64, na_value=0), series)
+    if isinstance(column_type, sa.Integer | sa.BigInteger):
+        convert: Callable[[Any], object] = int
+    elif isinstance(column_type, sa.Date):
+        convert = _iso_date if dates_as_text else _as_date
+    elif isinstance(column_type, sa.Boolean):
+        convert = bool
+    else:
+        convert = str
+    codes, uniques = factors or pd.factorize(series, use_na_sentinel=True)
+    lookup = np.empty(len(uniques) + 1, dtype=object)
+    lookup[:-1] = [convert(v) for v in uniques]
+    lookup[-1] = None  # code -1 = missing
+    return lambda rows: lookup[codes[rows]].tolist()
+
+
+def _with_nulls(array: np.ndarray, series: pd.Series) -> Callable[[np.ndarray], list]:
+    missing = series.isna().to_numpy()
+    if not missing.any():
+        return lambda rows: array[rows].tolist()
+
+    def take(rows: np.ndarray) -> list:
+        values = array[rows].astype(object)
+        values[missing[rows]] = None
+        return values.tolist()
+
+    return take
+
+
+def _iso_date(value: object) -> str | None:
+    day = _as_date(value)
+    return None if day is None else day.isoformat()
 
 
 def _as_date(value: object) -> dt.date | None:

@@ -1,0 +1,136 @@
+"""What makes writes cheap, as observable behaviour: reruns touch no tuple, rows land in key order.
+
+Speed itself is measured by `benchmarks/writes.py`; these tests pin the mechanisms it relies on.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, schema
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
+from tests.conftest import DEMO_END, DEMO_START, _truncate
+from tests.test_warehouse import expected, read_table
+
+
+@pytest.fixture
+def pg_warehouse(postgres_server_url: str) -> Iterator[Warehouse]:
+    warehouse = Warehouse(postgres_server_url)
+    warehouse.ensure_schema()
+    _truncate(warehouse)
+    yield warehouse
+    warehouse.dispose()
+
+
+def bars() -> pd.DataFrame:
+    return DemoSource().market.bars(DEMO_START, DEMO_END)
+
+
+def write(warehouse: Warehouse, table: sa.Table, frame: pd.DataFrame) -> UpsertStats:
+    with warehouse.begin() as connection:
+        return upsert_frame(connection, table, frame)
+
+
+def tuples(warehouse: Warehouse) -> pd.DataFrame:
+    """Each row's physical version: a rewritten or merely locked row changes here."""
+    with warehouse.connect() as connection:
+        return pd.read_sql(
+            sa.text(
+                "SELECT code, trade_date, ctid::text AS ctid, xmin::text AS xmin, "
+                "xmax::text AS xmax FROM daily_bar ORDER BY code, trade_date"
+            ),
+            connection,
+        )
+
+
+@pytest.mark.postgres
+def test_identical_rerun_on_postgres_touches_no_tuple(pg_warehouse: Warehouse) -> None:
+    frame = bars()
+    assert write(pg_warehouse, schema.daily_bar, frame) == UpsertStats(len(frame), 0, 0)
+    before = tuples(pg_warehouse)
+    assert write(pg_warehouse, schema.daily_bar, frame) == UpsertStats(0, 0, len(frame))
+    # not rewritten (ctid, xmin) and not even row-locked (xmax), as ON CONFLICT ... WHERE would
+    pd.testing.assert_frame_equal(tuples(pg_warehouse), before)
+
+
+@pytest.mark.postgres
+def test_changed_rerun_on_postgres_rewrites_only_changed_rows(pg_warehouse: Warehouse) -> None:
+    frame = bars()
+    last_day = frame["trade_date"].max()
+    # the last day is written later, so the rerun below has new keys inside a stored range
+    write(pg_warehouse, schema.daily_bar, frame[frame["trade_date"] != last_day])
+    before = tuples(pg_warehouse).set_index(["code", "trade_date"])
+    rerun = frame.copy()
+    changed = rerun.index[rerun["trade_date"] != last_day][[0, 7, 40]]
+    rerun.loc[changed, "close"] += 0.01
+    rerun.loc[changed[-1], "pre_close"] = np.nan  # a value becoming NULL is a change too
+    new = int((rerun["trade_date"] == last_day).sum())
+
+    stats = write(pg_warehouse, schema.daily_bar, rerun)
+
+    assert stats == UpsertStats(new, 3, len(frame) - new - 3)
+    after = tuples(pg_warehouse).set_index(["code", "trade_date"])
+    changed_keys = set(
+        zip(rerun.loc[changed, "code"], rerun.loc[changed, "trade_date"], strict=True)
+    )
+    moved = after.loc[before.index].ne(before).any(axis=1)
+    assert set(moved[moved].index) == changed_keys
+    pd.testing.assert_frame_equal(
+        read_table(pg_warehouse, schema.daily_bar), expected(rerun), check_dtype=False
+    )
+
+
+def test_mixed_write_counts_new_changed_and_identical_rows(warehouse: Warehouse) -> None:
+    frame = bars()
+    first_days = frame["trade_date"] < dt.date(2025, 8, 20)
+    stored = frame[first_days].copy()
+    stored.loc[stored.index[:5], "pre_close"] = np.nan  # NULL stays NULL: identical
+    write(warehouse, schema.daily_bar, stored)
+    rerun = frame.copy()
+    rerun.loc[stored.index[:5], "pre_close"] = np.nan
+    rerun.loc[stored.index[5:9], "volume"] += 100
+    rerun.loc[stored.index[9], "pre_close"] = np.nan  # value -> NULL
+    rerun.loc[stored.index[0], "pre_close"] = 9.99  # NULL -> value
+
+    stats = write(warehouse, schema.daily_bar, rerun.sample(frac=1, random_state=3))
+
+    new = int((~first_days).sum())
+    assert stats == UpsertStats(new, 6, len(stored) - 6)
+    pd.testing.assert_frame_equal(
+        read_table(warehouse, schema.daily_bar), expected(rerun), check_dtype=False
+    )
+    assert write(warehouse, schema.daily_bar, rerun) == UpsertStats(0, 0, len(rerun))
+
+
+def test_rows_are_stored_in_primary_key_order(warehouse: Warehouse) -> None:
+    """A date-major (or shuffled) frame is sorted by (code, trade_date) before it is written."""
+    frame = bars().sample(frac=1, random_state=1)
+    write(warehouse, schema.daily_bar, frame)
+    physical = "rowid" if warehouse.dialect == "sqlite" else "ctid"
+    with warehouse.connect() as connection:
+        stored = pd.read_sql(
+            sa.text(f"SELECT code, trade_date FROM daily_bar ORDER BY {physical}"), connection
+        )
+    stored["trade_date"] = pd.to_datetime(stored["trade_date"]).dt.date
+    by_key = frame[["code", "trade_date"]].sort_values(["code", "trade_date"])
+    assert stored.values.tolist() == by_key.values.tolist()
+
+
+def test_rows_with_nulls_and_text_rerun_as_unchanged(warehouse: Warehouse) -> None:
+    """stock_basic: NULL dates, varying-length text, booleans (the row-by-row COPY path)."""
+    frame = DemoSource(as_of=DEMO_END).stock_basic()
+    assert frame["delist_date"].isna().any() and frame["delist_date"].notna().any()
+    assert write(warehouse, schema.stock_basic, frame) == UpsertStats(len(frame), 0, 0)
+    assert write(warehouse, schema.stock_basic, frame) == UpsertStats(0, 0, len(frame))
+    renamed = frame.copy()
+    renamed.loc[renamed.index[2], "name"] = "改名股份"
+    renamed.loc[renamed.index[3], "is_st"] = not bool(renamed.loc[renamed.index[3], "is_st"])
+    assert write(warehouse, schema.stock_basic, renamed) == UpsertStats(0, 2, len(frame) - 2)
+    stored = read_table(warehouse, schema.stock_basic).set_index("code")
+    assert stored.loc[renamed.iloc[2]["code"], "name"] == "改名股份"
+    assert stored["delist_date"].isna().sum() == renamed["delist_date"].isna().sum()
