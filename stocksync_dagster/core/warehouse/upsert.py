@@ -180,7 +180,7 @@ def _sqlite_upsert(
     try:
         for values in _python_chunks(rows, table, bound, dates_as_text=True):
             # an iterator, not a list: zip reuses one tuple per row while sqlite3 binds it
-            cursor.executemany(str(compiled), zip(*values, strict=True))
+            cursor.executemany(str(compiled), zip(*values, strict=True))  # type: ignore[arg-type]
             written += cursor.rowcount
     finally:
         cursor.close()
@@ -244,6 +244,7 @@ def _pg_copy(
     rows: _Rows,
 ) -> None:
     raw = connection.connection.driver_connection
+    assert raw is not None, "a live DBAPI connection"
     sql = f"COPY {target} ({', '.join(columns)}) FROM STDIN"
     if raw.__class__.__module__.startswith("psycopg2"):
         with raw.cursor() as cursor:
@@ -282,7 +283,7 @@ def _binary_blocks(
             return None
         arrays.append(array)
     positions = np.arange(len(frame)) if order is None else order
-    layout = [("count", ">i2")]
+    layout: list[tuple[str, Any]] = [("count", ">i2")]
     for i, array in enumerate(arrays):
         kind = array.dtype if array.dtype.kind == "S" else array.dtype.newbyteorder(">")
         layout += [(f"n{i}", ">i4"), (f"v{i}", kind)]
