@@ -126,6 +126,25 @@ class UI:
         assert "errors" not in body, body["errors"]
         return body["data"]
 
+    def backfill(self, assets: list[str], partitions: list[str]) -> str:
+        """Launch a backfill as the UI's partition dialog does, wait until it succeeded."""
+        params = {
+            "tags": [],
+            "assetSelection": [{"path": [asset]} for asset in assets],
+            "partitionNames": partitions,
+            "fromFailure": False,
+        }
+        launched = self.graphql(LAUNCH_BACKFILL, backfillParams=params)["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+
+        def finished() -> str | None:
+            data = self.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+            return data["status"] if data["status"] not in ("REQUESTED", "CANCELING") else None
+
+        assert wait_for("the backfill", finished, timeout=150, every=2) == "COMPLETED_SUCCESS"
+        return backfill_id
+
     def materialized(self, asset: str) -> int:
         data = self.graphql(PARTITION_STATS, path=[asset])
         return data["assetNodeOrError"]["partitionStats"]["numMaterialized"]
@@ -195,21 +214,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
 
 
 def test_ui_backfill_then_gap_automation_heals_a_deleted_partition(ui: UI) -> None:
-    params = {
-        "tags": [],
-        "assetSelection": [{"path": ["daily_bars"]}],
-        "partitionNames": DAYS,
-        "fromFailure": False,
-    }
-    launched = ui.graphql(LAUNCH_BACKFILL, backfillParams=params)["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
-
-    def finished() -> str | None:
-        data = ui.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
-        return data["status"] if data["status"] not in ("REQUESTED", "CANCELING") else None
-
-    assert wait_for("the backfill", finished, timeout=150, every=2) == "COMPLETED_SUCCESS"
+    ui.backfill(["daily_bars"], DAYS)
     assert ui.materialized("daily_bars") == len(DAYS)
     rows = ui.rows_per_day()
     assert sorted(rows) == DAYS and all(n > 0 for n in rows.values())
@@ -266,21 +271,7 @@ def test_ui_backfill_of_both_market_assets_is_one_run_with_each_partitions_own_f
     ui: UI,
 ) -> None:
     """The UI's "Materialize" of daily_bars + adj_factor over a range: one run, per-day truth."""
-    params = {
-        "tags": [],
-        "assetSelection": [{"path": ["daily_bars"]}, {"path": ["adj_factor"]}],
-        "partitionNames": DAYS,
-        "fromFailure": False,
-    }
-    launched = ui.graphql(LAUNCH_BACKFILL, backfillParams=params)["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
-
-    def finished() -> str | None:
-        data = ui.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
-        return data["status"] if data["status"] not in ("REQUESTED", "CANCELING") else None
-
-    assert wait_for("the backfill", finished, timeout=150, every=2) == "COMPLETED_SUCCESS"
+    backfill_id = ui.backfill(["daily_bars", "adj_factor"], DAYS)
     [run] = ui.graphql(BACKFILL_RUNS, id=backfill_id)["partitionBackfillOrError"]["runs"]
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert (
