@@ -31,16 +31,6 @@ def test_core_imports_nothing_from_dagster() -> None:
     assert out.stdout.strip() == "[]", f"core pulled in dagster: {out.stdout[:300]}"
 
 
-def test_no_private_dagster_imports_in_the_package() -> None:
-    offenders = [
-        f"{path.relative_to(PROJECT)}:{n}"
-        for path in (PROJECT / "stocksync_dagster").rglob("*.py")
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if line.lstrip().startswith(("from dagster._", "import dagster._"))
-    ]
-    assert offenders == []
-
-
 def test_assets_are_grouped_by_domain() -> None:
     groups = {spec.key.to_user_string(): spec.group_name for spec in defs.resolve_all_asset_specs()}
     assert groups == {
