@@ -78,17 +78,23 @@ WEBHOOK_TIMEOUT_SECONDS = 10.0
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Posts every failed run of this code location (asset, partitions, first line "
-    "of the error, link to the run) to STOCKSYNC_ALERT_WEBHOOKS: generic JSON, DingTalk, WeCom "
-    "or Slack. Does nothing when no webhook is configured.",
+    "of the error, link to the run) to STOCKSYNC_ALERT_WEBHOOKS (generic JSON, DingTalk incl. "
+    "signed robots, WeCom or Slack) and STOCKSYNC_ALERT_EMAIL. Does nothing when no channel is "
+    "configured; with STOCKSYNC_ALERT_DIGEST_AT the daily digest of health_alert_sensor "
+    "reports failed runs instead.",
 )
 def failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
-    """Posts every failed run (asset, partitions, error, link) to STOCKSYNC_ALERT_WEBHOOKS."""
+    """Posts every failed run (asset, partitions, error, link) to the alert channels."""
     settings = current_settings()  # at evaluation time: the daemon's environment
-    if not settings.alert_webhooks:
-        context.log.info("no STOCKSYNC_ALERT_WEBHOOKS configured; not alerting")
+    channels = len(settings.alert_webhooks) + len(settings.alert_emails)
+    if not channels:
+        context.log.info("no STOCKSYNC_ALERT_WEBHOOKS / STOCKSYNC_ALERT_EMAIL; not alerting")
+        return
+    if settings.alert_digest_at is not None:
+        context.log.info("STOCKSYNC_ALERT_DIGEST_AT is set: this run goes into the daily digest")
         return
     alert = alert_for(context, settings.ui_url, settings.tushare_tokens)
-    delivered = send_alert(alert, settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS)
-    context.log.info(
-        f"alert for run {alert.run_id} delivered to {delivered}/{len(settings.alert_webhooks)}"
+    delivered = send_alert(
+        alert, settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS, settings.alert_emails
     )
+    context.log.info(f"alert for run {alert.run_id} delivered to {delivered}/{channels}")
