@@ -261,7 +261,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server, session, envelope) -> str:
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return "250 OK"
 
@@ -320,4 +320,4 @@ def test_sensor_is_quiet_without_channels(sqlite_url: str, monkeypatch) -> None:
         result = tick(sqlite_url, instance, None, at(settled(1)[0], 21), monkeypatch)
     assert result.skip_reason is not None
     assert "no STOCKSYNC_ALERT_WEBHOOKS" in (result.skip_reason.skip_message or "")
-    assert health_alerts.FRESHNESS_DEADLINE == dt.time(20, 0)
+    assert dt.time(20, 0) == health_alerts.FRESHNESS_DEADLINE
