@@ -202,3 +202,66 @@ def test_bad_filters_are_one_error_line(option: list[str], sqlite_url: str, tmp_
     result = stocksync(["failures", *option], tmp_path, STOCKSYNC_DATABASE_URL=sqlite_url)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --since: 2025-08-09 is after --until 2025-08-01"
+
+
+def test_open_failures_check_names_the_newest_rows_and_the_desk_commands(sqlite_url: str) -> None:
+    from stocksync_dagster.checks.failures import evaluate_open_failures
+
+    seed(sqlite_url)
+    result = evaluate_open_failures(Warehouse(sqlite_url), "daily_bars")
+    newest = str(result.metadata["newest"].value)
+    # daily_bars' unresolved rows, newest attempt first: 600028, 600024, 600022, ...
+    assert newest.index("600028.SH") < newest.index("600024.SH") < newest.index("600022.SH")
+    assert "600026.SH" not in newest  # resolved (i % 3 == 2) rows are not listed
+    desk = str(result.metadata["failure_desk"].value)
+    assert "`stocksync failures --asset daily_bars`" in desk
+    assert "stocksync failures retry --asset daily_bars" in desk
+
+
+def test_retry_now_launches_the_repair_run_at_once(sqlite_url: str, tmp_path: Path) -> None:
+    day = dt.date(2025, 8, 5)
+    with Warehouse(sqlite_url).begin() as connection:
+        connection.execute(
+            sa.insert(schema.sync_failure),
+            [
+                {
+                    "asset": "daily_bars",
+                    "trade_date": day,
+                    "code": "600000.SH",
+                    "error_class": "SourceError",
+                    "error": "gave up",
+                    "retry_count": 5,
+                    "status": "abandoned",
+                    "first_attempt_at": BASE,
+                    "last_attempt_at": BASE,
+                }
+            ],
+        )
+    home = tmp_path / "dagster"
+    result = stocksync(
+        ["failures", "retry", "--code", "600000.SH", "--now"],
+        tmp_path,
+        STOCKSYNC_DATABASE_URL=sqlite_url,
+        STOCKSYNC_START_DATE="2025-08-01",
+        DAGSTER_HOME=str(home),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "re-opened 1 sync_failure row(s) as pending" in result.stdout
+    assert "repair run" in result.stdout and "SUCCESS" in result.stdout
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        [run] = instance.get_runs()
+        assert run.tags["stocksync/trigger"] == "repair-sensor"
+        assert run.tags["dagster/asset_partition_range_start"] == day.isoformat()
+    with Warehouse(sqlite_url).connect() as connection:
+        [row] = list_failures(connection).itertuples()
+    assert row.status == "resolved"
+
+
+def test_doctor_reports_a_missing_warehouse_and_creates_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no' / 'warehouse.db'}"
+    email = "smtp://ops:PASSWORD99@127.0.0.1:2525?to=a@example.com"
+    result = stocksync(["doctor"], tmp_path, STOCKSYNC_DATABASE_URL=url, STOCKSYNC_ALERT_EMAIL=email)
+    assert "not created yet" in result.stdout
+    assert "STOCKSYNC_ALERT_EMAIL: smtp://ops:***@127.0.0.1:2525" in result.stdout
+    assert "PASSWORD99" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []

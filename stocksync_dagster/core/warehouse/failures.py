@@ -278,3 +278,22 @@ def abandoned_since(connection: sa.Connection, after: dt.datetime | None) -> pd.
         connection.execute(query).all(),
         columns=["asset", "trade_date", "code", "retry_count", "error", "last_attempt_at"],
     )
+
+
+FAILURE_DESK_COMMAND = "stocksync failures"
+
+
+def newest_open_rows(connection: sa.Connection, asset: str, limit: int = 10) -> pd.DataFrame:
+    """The newest unresolved rows of `asset` (last attempt first): the failure desk's page 1."""
+    where = FailureFilter(statuses=(*OPEN_STATUSES, "abandoned"), assets=(asset,))
+    frame = list_failures(connection, where, page=1, page_size=limit)
+    return frame[["trade_date", "code", "status", "retry_count", "last_attempt_at", "error"]]
+
+
+def desk_commands(asset: str) -> str:
+    """The failure-desk commands for an asset's open rows (shown in check metadata)."""
+    return (
+        f"`{FAILURE_DESK_COMMAND} --asset {asset}` lists them (paged, --format csv|json); "
+        f"`{FAILURE_DESK_COMMAND} retry --asset {asset} [--status abandoned] [--now]` "
+        "re-queues them"
+    )
