@@ -260,7 +260,9 @@ def test_retry_now_launches_the_repair_run_at_once(sqlite_url: str, tmp_path: Pa
 def test_doctor_reports_a_missing_warehouse_and_creates_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'no' / 'warehouse.db'}"
     email = "smtp://ops:PASSWORD99@127.0.0.1:2525?to=a@example.com"
-    result = stocksync(["doctor"], tmp_path, STOCKSYNC_DATABASE_URL=url, STOCKSYNC_ALERT_EMAIL=email)
+    result = stocksync(
+        ["doctor"], tmp_path, STOCKSYNC_DATABASE_URL=url, STOCKSYNC_ALERT_EMAIL=email
+    )
     assert "not created yet" in result.stdout
     assert "STOCKSYNC_ALERT_EMAIL: smtp://ops:***@127.0.0.1:2525" in result.stdout
     assert "PASSWORD99" not in result.stdout + result.stderr

@@ -103,7 +103,8 @@ def run_doctor(settings: Settings) -> bool:
     for email in settings.alert_emails:
         click.echo(f"  ok    STOCKSYNC_ALERT_EMAIL: {redact_url(email)}")
     if settings.alert_digest_at is not None:
-        click.echo(f"  ok    STOCKSYNC_ALERT_DIGEST_AT: one digest a day at {settings.alert_digest_at}")
+        at = settings.alert_digest_at.strftime("%H:%M")
+        click.echo(f"  ok    STOCKSYNC_ALERT_DIGEST_AT: one digest a day at {at}")
     click.echo("database")
     ok = _check("warehouse", lambda: _database(resources["warehouse"]))
     click.echo("source")
