@@ -119,9 +119,9 @@ def test_no_secret_in_logs_events_metadata_errors_tables_or_alerts(
     monkeypatch.setenv("STOCKSYNC_DATABASE_URL", database_url)
     monkeypatch.setenv("STOCKSYNC_ALERT_WEBHOOKS", webhook)
     monkeypatch.setenv("STOCKSYNC_UI_URL", "http://ui.example:3000")
-    # The module-level sensor read its settings when the definitions were imported (before this
-    # test set the webhook and the token): give it this environment's settings.
-    monkeypatch.setattr(alerts, "_settings", Settings.from_env())
+    # The sensor reads the cached process settings when it evaluates: give it this environment's.
+    settings = Settings.from_env()
+    monkeypatch.setattr(alerts, "current_settings", lambda: settings)
     # INFO: what the project logs (python_logs.python_log_level). At DEBUG, urllib3 itself logs
     # every request line, webhook path and query included (see docs/reliability.md).
     caplog.set_level(logging.INFO)
