@@ -26,7 +26,7 @@ from stocksync_dagster.defs.health import health_alerts
 from stocksync_dagster.defs.health.health_alerts import health_alert_sensor
 from stocksync_dagster.resources import WarehouseResource
 from tests.fakes.webhook_receiver import Handler, Receiver
-from tests.orchestration import build_defs
+from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
 TOKEN = "tok-SECRET-123456"
 DING_SECRET = "SECdingtalk0123456789"
@@ -228,13 +228,22 @@ def test_digest_sends_one_message_a_day_for_all_events(
     with dg.instance_for_test() as instance:
         first = tick(sqlite_url, instance, None, evening, env)
         assert receiver.received == []  # queued for the digest
+        defs = build_defs(sqlite_url)
+        key = days[-1].isoformat()
+        failed = materialize_range(defs, instance, key, key, source=DownSourceResource())
+        assert not failed.success
         second = tick(sqlite_url, instance, first.cursor, morning, env)
         tick(sqlite_url, instance, second.cursor, morning + dt.timedelta(minutes=5), env)
     [body] = bodies(receiver)
     assert body["event"] == "digest"
-    assert "2 event(s)" in body["error"]
+    assert "3 event(s)" in body["error"]
     assert "stocksync data not fresh" in body["text"]
     assert "stocksync failures abandoned" in body["text"]
+    assert (
+        f"stocksync run failed: adj_factor, daily_bars: http://127.0.0.1:3000/runs/{failed.run_id}"
+        in body["text"]
+    )
+    assert_no_secret(receiver)
 
 
 def test_dingtalk_signed_robot_carries_a_correct_sign(receiver: Receiver) -> None:

@@ -50,8 +50,7 @@ def show_failures(
         frame = list_failures(connection, where, page, page_size)
     pages = max(1, -(-total // page_size))
     if fmt != "table":
-        if not frame.empty or fmt == "json":
-            click.echo(format_page(frame, fmt))
+        click.echo(format_page(frame, fmt))  # an empty page: the CSV header, or []
         return
     if frame.empty:
         click.echo(f"no sync failures match (page {page} of {pages}, {total} rows)")

@@ -34,30 +34,37 @@ def run_partitions_text(tags: dict[str, str]) -> str:
     return "- (unpartitioned)"
 
 
+def step_failure_text(step_failures: Sequence[dg.DagsterEvent]) -> str | None:
+    """The first step error that is not a Dagster wrapper, module path dropped; None if none."""
+    error_event = next(
+        (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
+    )
+    if error_event is None or error_event.step_failure_data.error is None:
+        return None
+    error: ErrorInfo = error_event.step_failure_data.error
+    # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
+    # own errors say what to do; their library causes do not).
+    while error.cause is not None and _is_dagster_wrapper(error):
+        error = error.cause
+    return _MODULE_PATH.sub("", error.message)
+
+
+def run_assets(run: dg.DagsterRun, step_failures: Sequence[dg.DagsterEvent]) -> tuple[str, ...]:
+    """The run's selected assets, else the steps that failed."""
+    if run.asset_selection:
+        return tuple(sorted(k.to_user_string() for k in run.asset_selection))
+    return tuple(sorted({e.step_key for e in step_failures if e.step_key}))
+
+
 def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequence[str]) -> Alert:
     """What the webhooks are told about the failed run (never config, never URLs with secrets)."""
     run = context.dagster_run
     step_failures = context.get_step_failure_events()
-    if run.asset_selection:
-        assets = tuple(sorted(k.to_user_string() for k in run.asset_selection))
-    else:
-        assets = tuple(sorted({e.step_key for e in step_failures if e.step_key}))
-    error_event = next(
-        (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
-    )
-    if error_event is not None and error_event.step_failure_data.error is not None:
-        error: ErrorInfo = error_event.step_failure_data.error
-        # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
-        # own errors say what to do; their library causes do not).
-        while error.cause is not None and _is_dagster_wrapper(error):
-            error = error.cause
-        message = _MODULE_PATH.sub("", error.message)
-    else:
-        message = context.failure_event.message or "run failed"
+    message = step_failure_text(step_failures) or context.failure_event.message or "run failed"
     return Alert(
         job=run.job_name,
         run_id=run.run_id,
-        assets=assets,
+        assets=run_assets(run, step_failures),
         partitions=run_partitions_text(dict(run.tags)),
         error=first_line(message, secrets),
         run_url=f"{ui_url.rstrip('/')}/runs/{run.run_id}",

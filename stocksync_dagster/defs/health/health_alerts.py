@@ -21,7 +21,12 @@ from stocksync_dagster.core.settings import Settings, current_settings
 from stocksync_dagster.core.warehouse import Warehouse, schema
 from stocksync_dagster.core.warehouse.failures import abandoned_since
 from stocksync_dagster.core.warehouse.queries import latest_trade_date
-from stocksync_dagster.defs.health.alerts import WEBHOOK_TIMEOUT_SECONDS, run_partitions_text
+from stocksync_dagster.defs.health.alerts import (
+    WEBHOOK_TIMEOUT_SECONDS,
+    run_assets,
+    run_partitions_text,
+    step_failure_text,
+)
 from stocksync_dagster.resources import WarehouseResource
 
 # The latest trading day must be in the warehouse by this time (Asia/Shanghai): the time of the
@@ -197,14 +202,16 @@ def failed_run_alerts(
     for record in records:
         run = record.dagster_run
         cursor.runs_after = max(cursor.runs_after or 0, record.update_timestamp.timestamp())
-        assets = tuple(sorted(k.to_user_string() for k in run.asset_selection or ()))
+        entries = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        failures = [e.dagster_event for e in entries if e.dagster_event is not None]
+        message = step_failure_text(failures) or "run failed (see the run's logs)"
         alerts.append(
             Alert(
                 job=run.job_name,
                 run_id=run.run_id,
-                assets=assets,
+                assets=run_assets(run, failures),
                 partitions=run_partitions_text(dict(run.tags)),
-                error="run failed (see the run's logs)",
+                error=first_line(message, settings.tushare_tokens),
                 run_url=f"{settings.ui_url}/runs/{run.run_id}",
             )
         )
