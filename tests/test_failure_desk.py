@@ -59,9 +59,9 @@ def seed(url: str) -> None:
         connection.execute(sa.insert(schema.sync_failure), rows)
 
 
-def test_list_is_newest_first_paged_and_filtered(sqlite_url: str) -> None:
-    seed(sqlite_url)
-    with Warehouse(sqlite_url).connect() as connection:
+def test_list_is_newest_first_paged_and_filtered(warehouse_url: str) -> None:
+    seed(warehouse_url)
+    with Warehouse(warehouse_url).connect() as connection:
         page1 = list_failures(connection, FailureFilter(), page=1, page_size=7)
         page5 = list_failures(connection, FailureFilter(), page=5, page_size=7)
         abandoned = list_failures(connection, FailureFilter(statuses=("abandoned",)))

@@ -196,17 +196,17 @@ def test_freshness_missed_alerts_without_any_run_and_once_per_day(
 
 
 def test_abandoned_failures_alert_once_naming_day_code_and_command(
-    sqlite_url: str, env: pytest.MonkeyPatch, receiver: Receiver
+    warehouse_url: str, env: pytest.MonkeyPatch, receiver: Receiver
 ) -> None:
     days = settled(3)
-    seed_bars(sqlite_url, days)
+    seed_bars(warehouse_url, days)
     now = at(days[-1], 21)
-    abandon(sqlite_url, days[1], "600519.SH", dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    abandon(warehouse_url, days[1], "600519.SH", dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     with dg.instance_for_test() as instance:
-        first = tick(sqlite_url, instance, None, now, env)
-        second = tick(sqlite_url, instance, first.cursor, now, env)
-        abandon(sqlite_url, days[2], "000001.SZ", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
-        tick(sqlite_url, instance, second.cursor, now, env)
+        first = tick(warehouse_url, instance, None, now, env)
+        second = tick(warehouse_url, instance, first.cursor, now, env)
+        abandon(warehouse_url, days[2], "000001.SZ", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+        tick(warehouse_url, instance, second.cursor, now, env)
     assert [(b["event"], b["days"], b["codes"]) for b in bodies(receiver)] == [
         ("abandoned", days[1].isoformat(), "600519.SH"),
         ("abandoned", days[2].isoformat(), "000001.SZ"),
