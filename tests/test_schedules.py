@@ -81,25 +81,106 @@ def test_nightly_skips_a_day_already_materialized(defs: dg.Definitions) -> None:
         ).run_requests
 
 
-def test_catch_up_requests_the_last_trading_day_when_missing_or_failed(
+def ranges(requests: list[dg.RunRequest]) -> list[tuple[str, str]]:
+    return [
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+        for r in requests
+    ]
+
+
+def test_catch_up_requests_every_missing_or_failed_day_of_the_window_as_ranges(
     defs: dg.Definitions,
 ) -> None:
     with dg.instance_for_test() as instance:
+        # nothing synced: the last 10 trading days, one range run
         [request] = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING).run_requests
-        assert request.partition_key == "2026-11-20"  # Monday 08:00 -> Friday
+        assert ranges([request]) == [("2026-11-09", "2026-11-20")]
         assert request.tags["stocksync/trigger"] == "catch-up"
+        assert request.partition_key is None
+        assert {k.to_user_string() for k in request.asset_selection or []} == {
+            "daily_bars",
+            "adj_factor",
+        }
+
+        for first, last in [("2026-11-09", "2026-11-12"), ("2026-11-16", "2026-11-17")]:
+            assert materialize_range(defs, instance, first, last).success
+        assert materialize_range(defs, instance, "2026-11-19", "2026-11-20").success
+        failed = materialize_range(
+            defs, instance, "2026-11-13", "2026-11-13", source=DownSourceResource()
+        )
+        assert not failed.success
+        data = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING)
+        # 11-13 failed, 11-18 never ran: exactly those, not the materialized days
+        assert ranges(data.run_requests) == [
+            ("2026-11-13", "2026-11-13"),
+            ("2026-11-18", "2026-11-18"),
+        ]
+        assert len({r.run_key for r in data.run_requests}) == 2
+
+        assert materialize_range(defs, instance, "2026-11-13", "2026-11-13").success
+        assert materialize_range(defs, instance, "2026-11-18", "2026-11-18").success
+        done = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING)
+        assert not done.run_requests
+        assert done.skip_message.startswith(
+            "last 10 trading days (2026-11-09..2026-11-20): nothing to catch up; "
+            "2026-11-09 is already materialized"
+        )
+
+
+def test_catch_up_window_comes_from_the_environment(sqlite_url: str) -> None:
+    env = {**os.environ, "STOCKSYNC_CATCHUP_DAYS": "3", "STOCKSYNC_DATABASE_URL": sqlite_url}
+    probe = CATCH_UP_PROBE
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [["2026-11-18", "2026-11-20"]]
+
+
+CATCH_UP_PROBE = """
+import datetime as dt, json
+import dagster as dg
+from stocksync_dagster.core.trading_calendar import SHANGHAI
+from stocksync_dagster.definitions import defs
+
+catch_up = defs.resolve_schedule_def("morning_catch_up_schedule")
+at = dt.datetime(2026, 11, 23, 8, 0, tzinfo=SHANGHAI)
+with dg.instance_for_test() as instance:
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()
+    )
+    requests = catch_up.evaluate_tick(context).run_requests
+print(json.dumps([[r.tags["dagster/asset_partition_range_start"],
+                   r.tags["dagster/asset_partition_range_end"]] for r in requests]))
+"""
+
+
+def test_evening_retry_requests_the_day_only_while_missing_or_failed(
+    defs: dg.Definitions,
+) -> None:
+    retry = defs.resolve_schedule_def("evening_retry_schedule")
+    assert retry.cron_schedule == "0 22 * * 1-5"
+    at = dt.datetime.combine(FRIDAY, dt.time(22, 0), tzinfo=SHANGHAI)
+    with dg.instance_for_test() as instance:
+        [request] = tick(defs, "evening_retry_schedule", instance, at).run_requests
+        assert request.partition_key == "2026-11-20"
+        assert request.tags["stocksync/trigger"] == "evening-retry"
+        assert request.run_key == "evening-retry:2026-11-20"
 
         failed = materialize_range(
             defs, instance, "2026-11-20", "2026-11-20", source=DownSourceResource()
         )
         assert not failed.success
-        [request] = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING).run_requests
+        [request] = tick(defs, "evening_retry_schedule", instance, at).run_requests
         assert request.partition_key == "2026-11-20"
 
         assert materialize_range(defs, instance, "2026-11-20", "2026-11-20").success
-        data = tick(defs, "morning_catch_up_schedule", instance, MONDAY_MORNING)
+        data = tick(defs, "evening_retry_schedule", instance, at)
         assert not data.run_requests
         assert data.skip_message == "2026-11-20 is already materialized (daily_bars, adj_factor)"
+        holiday = dt.datetime(2026, 10, 1, 22, 0, tzinfo=SHANGHAI)
+        skipped = tick(defs, "evening_retry_schedule", instance, holiday)
+        assert skipped.skip_message == "2026-10-01 (Thursday) is not a trading day"
 
 
 PROBE = """
@@ -116,7 +197,8 @@ with dg.instance_for_test() as instance:
         instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()
     )
     [request] = nightly.evaluate_tick(context).run_requests
-print(json.dumps([nightly.cron_schedule, catch_up.cron_schedule, request.run_config]))
+retry = defs.resolve_schedule_def("evening_retry_schedule").cron_schedule
+print(json.dumps([nightly.cron_schedule, catch_up.cron_schedule, request.run_config, retry]))
 """
 
 
@@ -127,6 +209,7 @@ def test_schedule_times_and_lookback_come_from_the_environment(sqlite_url: str) 
         "STOCKSYNC_NIGHTLY_AT": "19:05",
         "STOCKSYNC_CATCHUP_AT": "07:45",
         "STOCKSYNC_LOOKBACK_DAYS": "2",
+        "STOCKSYNC_RETRY_AT": "23:10",
         "STOCKSYNC_DATABASE_URL": sqlite_url,
     }
     root = Path(__file__).resolve().parents[1]
@@ -134,6 +217,6 @@ def test_schedule_times_and_lookback_come_from_the_environment(sqlite_url: str) 
         [sys.executable, "-c", PROBE], env=env, cwd=root, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    nightly, catch_up, run_config = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (nightly, catch_up) == ("5 19 * * 1-5", "45 7 * * *")
+    nightly, catch_up, run_config, retry = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (nightly, catch_up, retry) == ("5 19 * * 1-5", "45 7 * * *", "10 23 * * 1-5")
     assert run_config["ops"]["daily_bars"]["config"] == {"lookback_days": 2}

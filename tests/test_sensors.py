@@ -107,6 +107,7 @@ def test_sensor_defaults_and_descriptions(defs: dg.Definitions) -> None:
         "gap_automation_sensor": dg.DefaultSensorStatus.STOPPED,
         "repair_sensor": dg.DefaultSensorStatus.RUNNING,
         "failure_alert_sensor": dg.DefaultSensorStatus.RUNNING,
+        "health_alert_sensor": dg.DefaultSensorStatus.RUNNING,
     }
     for instigator in [*(defs.sensors or []), *(defs.schedules or [])]:
         assert instigator.description and len(instigator.description) > 40, instigator.name

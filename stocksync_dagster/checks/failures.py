@@ -4,13 +4,14 @@ import dagster as dg
 import pandas as pd
 
 from stocksync_dagster.checks.report import capped, md_table, rerun_hint, result
-from stocksync_dagster.core.warehouse import Warehouse, health
+from stocksync_dagster.core.warehouse import Warehouse, failures, health
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
 
 
 def evaluate_open_failures(warehouse: Warehouse, asset: str) -> dg.AssetCheckResult:
     with warehouse.connect() as connection:
         rows = health.open_failures(connection, asset)
+        newest = failures.newest_open_rows(connection, asset)  # the failure desk's first page
     if rows.empty:
         return result(True, f"no open sync failures for {asset}")
     by_status = rows["status"].value_counts()
@@ -34,6 +35,8 @@ def evaluate_open_failures(warehouse: Warehouse, asset: str) -> dg.AssetCheckRes
         "code_list": capped(sorted(set(rows["code"]) - {WHOLE_DAY})),
         "by_day": md_table(by_day),
         "rerun": rerun_hint(rows["trade_date"]),
+        "newest": md_table(newest.assign(error=newest["error"].str.slice(0, 80))),
+        "failure_desk": failures.desk_commands(asset),
     }
     if abandoned.empty:
         return result(

@@ -100,6 +100,11 @@ def run_doctor(settings: Settings) -> bool:
         if settings.tushare_api_url:
             click.echo(f"  ok    TUSHARE_API_URL: {redact_url(settings.tushare_api_url)}")
     click.echo(f"  ok    STOCKSYNC_ALERT_WEBHOOKS: {len(settings.alert_webhooks)} webhook(s)")
+    for email in settings.alert_emails:
+        click.echo(f"  ok    STOCKSYNC_ALERT_EMAIL: {redact_url(email)}")
+    if settings.alert_digest_at is not None:
+        at = settings.alert_digest_at.strftime("%H:%M")
+        click.echo(f"  ok    STOCKSYNC_ALERT_DIGEST_AT: one digest a day at {at}")
     click.echo("database")
     ok = _check("warehouse", lambda: _database(resources["warehouse"]))
     click.echo("source")

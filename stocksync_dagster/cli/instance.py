@@ -42,6 +42,27 @@ def dagster_home() -> Path:
     return home
 
 
+def instance_location() -> Path:
+    """Where the instance lives (`$DAGSTER_HOME`, else `./.stocksync/dagster`), not created."""
+    configured = os.environ.get("DAGSTER_HOME")
+    return Path(configured).resolve() if configured else (STATE_DIR / "dagster").resolve()
+
+
+def existing_dagster_home() -> Path | None:
+    """The instance directory if it exists; unlike `dagster_home()`, it creates nothing."""
+    home = instance_location()
+    return home if home.is_dir() else None
+
+
+def existing_instance() -> dg.DagsterInstance | None:
+    """The persistent instance if its directory exists, else None (and nothing is created)."""
+    home = existing_dagster_home()
+    if home is None:
+        return None
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
 def workspace_file() -> Path:
     """A workspace file in the instance directory naming the project's one code location."""
     path = dagster_home() / "stocksync-workspace.yaml"

@@ -7,12 +7,20 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from stocksync_dagster.core.errors import ConfigError, StocksyncError
 from stocksync_dagster.core.settings import Settings
-from stocksync_dagster.core.warehouse.engine import WarehouseUnavailableError
+from stocksync_dagster.core.warehouse.engine import (
+    WarehouseMissingError,
+    WarehouseUnavailableError,
+)
+from stocksync_dagster.core.warehouse.failures import FailureFilter
+
+FAILURE_FORMATS = ("table", "csv", "json")
 
 
 def _settings() -> Settings:
@@ -105,6 +113,96 @@ def backfill(start: dt.date, end: dt.date, assets: tuple[str, ...]) -> None:
     run_backfill(_settings(), start, end, list(assets))
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _failure_filters(f: F) -> F:
+    """The filter options `stocksync failures` and `stocksync failures retry` share."""
+    from stocksync_dagster.core.warehouse.schema import FAILURE_STATUSES
+
+    options = [
+        click.option(
+            "--status",
+            "statuses",
+            multiple=True,
+            type=click.Choice(FAILURE_STATUSES),
+            help="Only rows in this status (repeatable).",
+        ),
+        click.option("--asset", "assets", multiple=True, help="Only this asset (repeatable)."),
+        click.option(
+            "--code", "codes", multiple=True, help="Only this stock, e.g. 600000.SH (repeatable)."
+        ),
+        click.option("--since", type=IsoDate(), help="Trading days from this one (YYYY-MM-DD)."),
+        click.option("--until", type=IsoDate(), help="Trading days up to this one (YYYY-MM-DD)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _filter(
+    statuses: tuple[str, ...],
+    assets: tuple[str, ...],
+    codes: tuple[str, ...],
+    since: dt.date | None,
+    until: dt.date | None,
+) -> FailureFilter:
+    if since and until and since > until:
+        raise ConfigError("--since", f"{since} is after --until {until}")
+    return FailureFilter(statuses or None, assets or None, codes or None, since, until)
+
+
+@cli.group(invoke_without_command=True)
+@_failure_filters
+@click.option("--page", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--page-size", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--format", "fmt", default="table", show_default=True, type=click.Choice(FAILURE_FORMATS)
+)
+@click.pass_context
+def failures(
+    ctx: click.Context,
+    statuses: tuple[str, ...],
+    assets: tuple[str, ...],
+    codes: tuple[str, ...],
+    since: dt.date | None,
+    until: dt.date | None,
+    page: int,
+    page_size: int,
+    fmt: str,
+) -> None:
+    """The failure desk (补拉): list sync_failure rows, newest first, paged and filtered.
+
+    Read-only. `stocksync failures retry [filters] [--now]` re-queues rows.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from stocksync_dagster.cli.failures import show_failures
+
+    where = _filter(statuses, assets, codes, since, until)
+    show_failures(_settings(), where, page, page_size, fmt)
+
+
+@failures.command("retry")
+@_failure_filters
+@click.option("--now", is_flag=True, help="Launch the repair runs at once, not on the next tick.")
+def failures_retry(
+    statuses: tuple[str, ...],
+    assets: tuple[str, ...],
+    codes: tuple[str, ...],
+    since: dt.date | None,
+    until: dt.date | None,
+    now: bool,
+) -> None:
+    """Put matching unresolved rows (abandoned too) back to pending, retries reset.
+
+    The repair sensor then re-fetches them; `--now` launches those repair runs immediately.
+    """
+    from stocksync_dagster.cli.failures import retry_failures
+
+    retry_failures(_settings(), _filter(statuses, assets, codes, since, until), now)
+
+
 def ui_command(dagster_args: tuple[str, ...]) -> list[str]:
     """`dagster dev` on the project's code location, with the user's options passed through."""
     from stocksync_dagster.cli.instance import workspace_file
@@ -142,6 +240,9 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except WarehouseMissingError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except WarehouseUnavailableError as exc:
         click.echo(f"error: {exc}; `stocksync doctor` checks the whole setup", err=True)
         sys.exit(1)

@@ -6,7 +6,7 @@ import click
 import dagster as dg
 import pandas as pd
 
-from stocksync_dagster.cli.instance import open_instance
+from stocksync_dagster.cli.instance import existing_instance, instance_location
 from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.core.warehouse.queries import failure_summary
@@ -112,22 +112,27 @@ def _shorten(text: str, width: int = 100) -> str:
 
 
 def show_status(settings: Settings) -> None:
+    """Read-only: no warehouse, directory or Dagster instance is created (a missing one is said)."""
     from stocksync_dagster.definitions import defs
 
-    instance = open_instance()
-    click.echo(f"Dagster instance: {instance.root_directory}   (times in {SHOWN_TIMEZONE})")
+    warehouse = Warehouse(settings.database_url)
+    with warehouse.read_only() as connection:
+        failures = failure_summary(connection)
+    instance = existing_instance()
+    if instance is None:
+        click.echo(f"Dagster instance: none yet at {instance_location()} (nothing has run here)")
+        instance = dg.DagsterInstance.ephemeral()
+    else:
+        click.echo(f"Dagster instance: {instance.root_directory}   (times in {SHOWN_TIMEZONE})")
     click.echo("")
     click.echo(partition_status(defs, instance).to_string(index=False))
     checks = check_status(defs, instance)
     if len(checks):
         click.echo("")
         click.echo(checks.to_string(index=False))
-    warehouse = Warehouse(settings.database_url)
-    with warehouse.connect() as connection:
-        failures = failure_summary(connection)
     click.echo("")
     if failures.empty:
         click.echo(f"sync failures: none ({warehouse.safe_url})")
     else:
-        click.echo(f"sync failures ({warehouse.safe_url}):")
+        click.echo(f"sync failures ({warehouse.safe_url}; `stocksync failures` lists them):")
         click.echo(failures.to_string(index=False))

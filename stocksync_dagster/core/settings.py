@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.trading_calendar import CALENDAR_FIRST_DAY, parse_day
@@ -41,8 +41,12 @@ class Settings:
     tushare_api_url: str | None = None
     alert_webhooks: tuple[str, ...] = field(default_factory=tuple)
     ui_url: str = DEFAULT_UI_URL
+    alert_emails: tuple[str, ...] = field(default_factory=tuple)
+    alert_digest_at: dt.time | None = None  # None: one message per event, at once
     nightly_at: dt.time = dt.time(18, 30)
+    retry_at: dt.time = dt.time(22, 0)
     catchup_at: dt.time = dt.time(8, 0)
+    catchup_days: int = 10
     lookback_days: int = 5
     source_retries: int = 3
     source_retry_delay_seconds: float = 30.0
@@ -63,8 +67,12 @@ class Settings:
         api_url = get("TUSHARE_API_URL")
         webhooks = get("STOCKSYNC_ALERT_WEBHOOKS")
         ui_url = get("STOCKSYNC_UI_URL")
+        email = get("STOCKSYNC_ALERT_EMAIL")
+        digest_at = get("STOCKSYNC_ALERT_DIGEST_AT")
         nightly_at = get("STOCKSYNC_NIGHTLY_AT")
+        retry_at = get("STOCKSYNC_RETRY_AT")
         catchup_at = get("STOCKSYNC_CATCHUP_AT")
+        catchup_days = get("STOCKSYNC_CATCHUP_DAYS")
         lookback = get("STOCKSYNC_LOOKBACK_DAYS")
         retries = get("STOCKSYNC_SOURCE_RETRIES")
         retry_delay = get("STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS")
@@ -82,10 +90,18 @@ class Settings:
                 validate_webhook_url(u.strip()) for u in (webhooks or "").split(",") if u.strip()
             ),
             ui_url=validate_ui_url(ui_url) if ui_url else DEFAULT_UI_URL,
+            alert_emails=(validate_smtp_url(email),) if email else (),
+            alert_digest_at=(
+                parse_time(digest_at, "STOCKSYNC_ALERT_DIGEST_AT") if digest_at else None
+            ),
             nightly_at=parse_nightly_time(nightly_at) if nightly_at else dt.time(18, 30),
+            retry_at=(
+                parse_evening_time(retry_at, "STOCKSYNC_RETRY_AT") if retry_at else dt.time(22, 0)
+            ),
             catchup_at=(
                 parse_time(catchup_at, "STOCKSYNC_CATCHUP_AT") if catchup_at else dt.time(8, 0)
             ),
+            catchup_days=parse_catchup_days(catchup_days) if catchup_days else 10,
             lookback_days=parse_lookback_days(lookback) if lookback else 5,
             source_retries=parse_retries(retries) if retries else 3,
             source_retry_delay_seconds=(
@@ -205,14 +221,50 @@ def parse_time(text: str, setting: str) -> dt.time:
 
 def parse_nightly_time(text: str) -> dt.time:
     """The nightly sync time: not before 18:00, when the day's partition appears."""
-    at = parse_time(text, "STOCKSYNC_NIGHTLY_AT")
+    return parse_evening_time(text, "STOCKSYNC_NIGHTLY_AT")
+
+
+def parse_evening_time(text: str, setting: str) -> dt.time:
+    """A same-day evening time: not before 18:00, when the day's partition appears."""
+    at = parse_time(text, setting)
     if at.hour < 18:
         raise ConfigError(
-            "STOCKSYNC_NIGHTLY_AT",
+            setting,
             f"{text} is before 18:00",
             "the day's data (and partition) settles at 18:00 Asia/Shanghai",
         )
     return at
+
+
+def parse_catchup_days(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 60:
+        raise ConfigError("STOCKSYNC_CATCHUP_DAYS", f"{text!r} is not 1..60", "e.g. 10")
+    return int(text)
+
+
+def validate_smtp_url(url: str) -> str:
+    """`smtp://user:password@host:port?to=a@x,b@y` (or `smtps://`): host and recipients."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ConfigError(
+            "STOCKSYNC_ALERT_EMAIL", "not a URL", "smtp://user:pass@host:587?to=a@x"
+        ) from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(
+            "STOCKSYNC_ALERT_EMAIL",
+            f"{redact_url(url)!r} is not an smtp:// or smtps:// URL with a host",
+            "e.g. smtp://user:password@smtp.example.com:587?to=a@example.com,b@example.com",
+        )
+    recipients = [r for q, v in parse_qsl(parts.query) if q == "to" for r in v.split(",") if r]
+    if not recipients or not all("@" in r for r in recipients):
+        raise ConfigError(
+            "STOCKSYNC_ALERT_EMAIL",
+            "no recipients: add ?to=a@example.com[,b@example.com]",
+            f"got {redact_url(url)!r}",
+        )
+    return url
 
 
 def parse_lookback_days(text: str) -> int:

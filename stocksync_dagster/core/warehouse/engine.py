@@ -29,6 +29,10 @@ class WarehouseUnavailableError(StocksyncError):
     """The warehouse database cannot be reached or set up."""
 
 
+class WarehouseMissingError(WarehouseUnavailableError):
+    """A read-only command found no warehouse (and created none)."""
+
+
 class Warehouse:
     """One database: an engine, schema creation/migration on first use, and transactions."""
 
@@ -67,6 +71,36 @@ class Warehouse:
         self.ensure_schema()
         try:
             with self.engine.connect() as connection:
+                yield connection
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    def missing_reason(self) -> str | None:
+        """Why there is no warehouse to read (a SQLite file that does not exist), else None."""
+        url = sa.make_url(self.url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        path = Path(url.database)
+        if path.is_file():
+            return None
+        where = "its directory does not exist" if not path.parent.is_dir() else "no such file"
+        return f"STOCKSYNC_DATABASE_URL: no warehouse at {self.safe_url} ({where})"
+
+    @contextmanager
+    def read_only(self) -> Iterator[sa.Connection]:
+        """A connection for read-only commands: creates no file, directory, table or schema."""
+        reason = self.missing_reason()
+        if reason:
+            raise WarehouseMissingError(
+                f"{reason}; nothing was created: a sync (e.g. `stocksync demo`) creates it"
+            )
+        try:
+            with self.engine.connect() as connection:
+                if not sa.inspect(connection).has_table(schema.sync_failure.name):
+                    raise WarehouseMissingError(
+                        f"STOCKSYNC_DATABASE_URL: {self.safe_url} has no stocksync tables yet; "
+                        "a sync creates them"
+                    )
                 yield connection
         except sa.exc.OperationalError as exc:
             raise self._unavailable(exc) from exc

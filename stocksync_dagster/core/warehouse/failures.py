@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import sqlalchemy as sa
@@ -185,4 +186,114 @@ def open_failures(
     query = query.order_by(sync_failure.c.trade_date, sync_failure.c.code)
     return pd.DataFrame(
         connection.execute(query).mappings().all(), columns=[c.name for c in sync_failure.columns]
+    )
+
+
+FAILURE_COLUMNS = (
+    "id",
+    "asset",
+    "trade_date",
+    "code",
+    "status",
+    "retry_count",
+    "error_class",
+    "error",
+    "first_attempt_at",
+    "last_attempt_at",
+    "resolved_at",
+)
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    """Which `sync_failure` rows a desk command means; every field None means all rows."""
+
+    statuses: tuple[str, ...] | None = None
+    assets: tuple[str, ...] | None = None
+    codes: tuple[str, ...] | None = None
+    since: dt.date | None = None  # trade_date >= since
+    until: dt.date | None = None  # trade_date <= until
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        f = sync_failure.c
+        clauses: list[sa.ColumnElement[bool]] = []
+        if self.statuses:
+            clauses.append(f.status.in_(list(self.statuses)))
+        if self.assets:
+            clauses.append(f.asset.in_(list(self.assets)))
+        if self.codes:
+            clauses.append(f.code.in_(list(self.codes)))
+        if self.since is not None:
+            clauses.append(f.trade_date >= self.since)
+        if self.until is not None:
+            clauses.append(f.trade_date <= self.until)
+        return clauses
+
+
+def count_failures(connection: sa.Connection, where: FailureFilter = FailureFilter()) -> int:
+    """How many `sync_failure` rows match."""
+    query = sa.select(sa.func.count()).select_from(sync_failure).where(*where.where())
+    return int(connection.execute(query).scalar_one())
+
+
+def list_failures(
+    connection: sa.Connection,
+    where: FailureFilter = FailureFilter(),
+    page: int = 1,
+    page_size: int = 50,
+) -> pd.DataFrame:
+    """One page of matching rows, newest first (last attempt, then day, then code)."""
+    f = sync_failure.c
+    query = (
+        sa.select(*(f[name] for name in FAILURE_COLUMNS))
+        .where(*where.where())
+        .order_by(f.last_attempt_at.desc(), f.trade_date.desc(), f.asset, f.code)
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+    )
+    return pd.DataFrame(connection.execute(query).all(), columns=list(FAILURE_COLUMNS))
+
+
+def reopen_failures(connection: sa.Connection, where: FailureFilter = FailureFilter()) -> int:
+    """Put matching unresolved rows (pending, retrying, abandoned) back to `pending`, retries 0.
+
+    The repair sensor then requests them again. Returns the number of rows re-opened.
+    """
+    clauses = [*where.where(), sync_failure.c.status != "resolved"]
+    result = connection.execute(
+        sa.update(sync_failure).where(*clauses).values(status="pending", retry_count=0)
+    )
+    return int(result.rowcount or 0)
+
+
+def abandoned_since(connection: sa.Connection, after: dt.datetime | None) -> pd.DataFrame:
+    """Rows abandoned (their last attempt) after `after` (all when None), oldest first."""
+    f = sync_failure.c
+    query = sa.select(f.asset, f.trade_date, f.code, f.retry_count, f.error, f.last_attempt_at)
+    query = query.where(f.status == "abandoned")
+    if after is not None:
+        query = query.where(f.last_attempt_at > after)
+    query = query.order_by(f.last_attempt_at, f.trade_date, f.code)
+    return pd.DataFrame(
+        connection.execute(query).all(),
+        columns=["asset", "trade_date", "code", "retry_count", "error", "last_attempt_at"],
+    )
+
+
+FAILURE_DESK_COMMAND = "stocksync failures"
+
+
+def newest_open_rows(connection: sa.Connection, asset: str, limit: int = 10) -> pd.DataFrame:
+    """The newest unresolved rows of `asset` (last attempt first): the failure desk's page 1."""
+    where = FailureFilter(statuses=(*OPEN_STATUSES, "abandoned"), assets=(asset,))
+    frame = list_failures(connection, where, page=1, page_size=limit)
+    return frame[["trade_date", "code", "status", "retry_count", "last_attempt_at", "error"]]
+
+
+def desk_commands(asset: str) -> str:
+    """The failure-desk commands for an asset's open rows (shown in check metadata)."""
+    return (
+        f"`{FAILURE_DESK_COMMAND} --asset {asset}` lists them (paged, --format csv|json); "
+        f"`{FAILURE_DESK_COMMAND} retry --asset {asset} [--status abandoned] [--now]` "
+        "re-queues them"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 import sqlalchemy as sa
 
@@ -53,3 +55,11 @@ def failure_summary(connection: sa.Connection) -> pd.DataFrame:
         .order_by(table.c.asset, table.c.status)
     )
     return pd.DataFrame(result.all(), columns=["asset", "status", "rows", "first_day", "last_day"])
+
+
+def latest_trade_date(connection: sa.Connection, table: sa.Table) -> dt.date | None:
+    """The newest `trade_date` in a market table, or None when it is empty."""
+    value = connection.execute(sa.select(sa.func.max(table.c.trade_date))).scalar_one()
+    if value is None or isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])

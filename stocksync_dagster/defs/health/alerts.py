@@ -34,30 +34,37 @@ def run_partitions_text(tags: dict[str, str]) -> str:
     return "- (unpartitioned)"
 
 
+def step_failure_text(step_failures: Sequence[dg.DagsterEvent]) -> str | None:
+    """The first step error that is not a Dagster wrapper, module path dropped; None if none."""
+    error_event = next(
+        (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
+    )
+    if error_event is None or error_event.step_failure_data.error is None:
+        return None
+    error: ErrorInfo = error_event.step_failure_data.error
+    # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
+    # own errors say what to do; their library causes do not).
+    while error.cause is not None and _is_dagster_wrapper(error):
+        error = error.cause
+    return _MODULE_PATH.sub("", error.message)
+
+
+def run_assets(run: dg.DagsterRun, step_failures: Sequence[dg.DagsterEvent]) -> tuple[str, ...]:
+    """The run's selected assets, else the steps that failed."""
+    if run.asset_selection:
+        return tuple(sorted(k.to_user_string() for k in run.asset_selection))
+    return tuple(sorted({e.step_key for e in step_failures if e.step_key}))
+
+
 def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequence[str]) -> Alert:
     """What the webhooks are told about the failed run (never config, never URLs with secrets)."""
     run = context.dagster_run
     step_failures = context.get_step_failure_events()
-    if run.asset_selection:
-        assets = tuple(sorted(k.to_user_string() for k in run.asset_selection))
-    else:
-        assets = tuple(sorted({e.step_key for e in step_failures if e.step_key}))
-    error_event = next(
-        (e for e in step_failures if e.step_failure_data and e.step_failure_data.error), None
-    )
-    if error_event is not None and error_event.step_failure_data.error is not None:
-        error: ErrorInfo = error_event.step_failure_data.error
-        # Dagster wraps user errors: report the first error that is not a Dagster wrapper (our
-        # own errors say what to do; their library causes do not).
-        while error.cause is not None and _is_dagster_wrapper(error):
-            error = error.cause
-        message = _MODULE_PATH.sub("", error.message)
-    else:
-        message = context.failure_event.message or "run failed"
+    message = step_failure_text(step_failures) or context.failure_event.message or "run failed"
     return Alert(
         job=run.job_name,
         run_id=run.run_id,
-        assets=assets,
+        assets=run_assets(run, step_failures),
         partitions=run_partitions_text(dict(run.tags)),
         error=first_line(message, secrets),
         run_url=f"{ui_url.rstrip('/')}/runs/{run.run_id}",
@@ -78,17 +85,23 @@ WEBHOOK_TIMEOUT_SECONDS = 10.0
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Posts every failed run of this code location (asset, partitions, first line "
-    "of the error, link to the run) to STOCKSYNC_ALERT_WEBHOOKS: generic JSON, DingTalk, WeCom "
-    "or Slack. Does nothing when no webhook is configured.",
+    "of the error, link to the run) to STOCKSYNC_ALERT_WEBHOOKS (generic JSON, DingTalk incl. "
+    "signed robots, WeCom or Slack) and STOCKSYNC_ALERT_EMAIL. Does nothing when no channel is "
+    "configured; with STOCKSYNC_ALERT_DIGEST_AT the daily digest of health_alert_sensor "
+    "reports failed runs instead.",
 )
 def failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
-    """Posts every failed run (asset, partitions, error, link) to STOCKSYNC_ALERT_WEBHOOKS."""
+    """Posts every failed run (asset, partitions, error, link) to the alert channels."""
     settings = current_settings()  # at evaluation time: the daemon's environment
-    if not settings.alert_webhooks:
-        context.log.info("no STOCKSYNC_ALERT_WEBHOOKS configured; not alerting")
+    channels = len(settings.alert_webhooks) + len(settings.alert_emails)
+    if not channels:
+        context.log.info("no STOCKSYNC_ALERT_WEBHOOKS / STOCKSYNC_ALERT_EMAIL; not alerting")
+        return
+    if settings.alert_digest_at is not None:
+        context.log.info("STOCKSYNC_ALERT_DIGEST_AT is set: this run goes into the daily digest")
         return
     alert = alert_for(context, settings.ui_url, settings.tushare_tokens)
-    delivered = send_alert(alert, settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS)
-    context.log.info(
-        f"alert for run {alert.run_id} delivered to {delivered}/{len(settings.alert_webhooks)}"
+    delivered = send_alert(
+        alert, settings.alert_webhooks, WEBHOOK_TIMEOUT_SECONDS, settings.alert_emails
     )
+    context.log.info(f"alert for run {alert.run_id} delivered to {delivered}/{channels}")

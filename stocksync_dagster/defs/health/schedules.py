@@ -5,6 +5,7 @@ import dagster as dg
 asset_health_checks = dg.define_asset_job(
     "asset_health_checks",
     selection=dg.AssetSelection.all_asset_checks(),
+    tags={"dagster/max_runtime": "3600"},  # run monitoring fails it after an hour
     description="Every asset check over the whole history, without materializing anything.",
 )
 

@@ -19,11 +19,17 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 Status = dg.AssetPartitionStatus | None
 
 _RUN_TAGS = {DATASOURCE_TAG: current_settings().source}
+# Run monitoring (dagster.yaml) cancels, then fails, a run over its job's limit. market_sync
+# also carries a year's backfill: range fetches take minutes, a slow source hours.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+MARKET_MAX_RUNTIME_SECONDS = 6 * 3600
+NIGHTLY_MAX_RUNTIME_SECONDS = 2 * 3600
+REFERENCE_MAX_RUNTIME_SECONDS = 3600
 
 nightly_sync = dg.define_asset_job(
     "nightly_sync",
     selection=dg.AssetSelection.groups(REFERENCE_GROUP, MARKET_GROUP),
-    tags=_RUN_TAGS,
+    tags={**_RUN_TAGS, MAX_RUNTIME_TAG: str(NIGHTLY_MAX_RUNTIME_SECONDS)},
     description="One trading day: refresh trade_calendar and stock_basic, then daily_bars and "
     "adj_factor (with a look-back so late factors heal), and their checks. Launched by the "
     "nightly and morning schedules.",
@@ -32,7 +38,7 @@ nightly_sync = dg.define_asset_job(
 market_sync = dg.define_asset_job(
     "market_sync",
     selection=dg.AssetSelection.groups(MARKET_GROUP),
-    tags=_RUN_TAGS,
+    tags={**_RUN_TAGS, MAX_RUNTIME_TAG: str(MARKET_MAX_RUNTIME_SECONDS)},
     description="daily_bars and adj_factor over one partition or a range (one run, one fetch per "
     "range), with their checks. Launched by `stocksync backfill`, the repair sensor and the UI.",
 )
@@ -40,7 +46,7 @@ market_sync = dg.define_asset_job(
 reference_sync = dg.define_asset_job(
     "reference_sync",
     selection=dg.AssetSelection.groups(REFERENCE_GROUP),
-    tags=_RUN_TAGS,
+    tags={**_RUN_TAGS, MAX_RUNTIME_TAG: str(REFERENCE_MAX_RUNTIME_SECONDS)},
     description="trade_calendar and stock_basic, with their checks. Launched by `stocksync demo`.",
 )
 

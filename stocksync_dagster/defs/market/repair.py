@@ -11,6 +11,8 @@ from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.warehouse.failures import DEFAULT_MAX_RETRIES, open_failures
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
 from stocksync_dagster.defs.market.jobs import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
     TRIGGER_TAG,
     market_run_config,
     market_sync,
@@ -43,12 +45,18 @@ class RepairGroup:
     start: dt.date
     end: dt.date
     codes: tuple[str, ...] | None  # None: a whole day failed, re-fetch the whole market
-    attempts: int  # sum of retry_count: changes after every attempt, so it keys the run
+    attempts: int  # sum of retry_count
+    last_attempt: str  # newest last_attempt_at: with `attempts`, changes after every attempt
 
     @property
     def run_key(self) -> str:
+        # Keyed on the attempts so far: a row re-opened by `stocksync failures retry` (retries
+        # back to 0) gets a new key, because its last attempt is newer than the first one's.
         scope = "market" if self.codes is None else f"{len(self.codes)}stocks"
-        return f"repair:{self.asset}:{self.start}:{self.end}:{scope}:{self.attempts}"
+        return (
+            f"repair:{self.asset}:{self.start}:{self.end}:{scope}:{self.attempts}:"
+            f"{self.last_attempt}"
+        )
 
 
 def group_failures(frame: pd.DataFrame, max_days: int = 20) -> list[RepairGroup]:
@@ -69,38 +77,25 @@ def group_failures(frame: pd.DataFrame, max_days: int = 20) -> list[RepairGroup]
         for run in runs:
             part = rows[rows["trade_date"].isin(run)]
             codes = None if whole else tuple(sorted(set(part["code"])))
+            last = pd.to_datetime(part["last_attempt_at"], utc=True).max()
             groups.append(
-                RepairGroup(str(asset), run[0], run[-1], codes, int(part["retry_count"].sum()))
+                RepairGroup(
+                    str(asset),
+                    run[0],
+                    run[-1],
+                    codes,
+                    int(part["retry_count"].sum()),
+                    last.strftime("%Y%m%dT%H%M%S%f"),
+                )
             )
     return groups
 
 
-@dg.sensor(
-    name="repair_sensor",
-    job=market_sync,
-    minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="补拉: every 5 minutes, re-fetches only the stocks open (pending / retrying) in "
-    "sync_failure, on their dates, as market_sync range runs (whole-day failures re-fetch the "
-    f"market). Each failed attempt counts; after {MAX_ATTEMPTS} a row is abandoned and no longer "
-    "requested (`stocksync status` lists it).",
-)
-def repair_sensor(
-    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
-) -> dg.SensorResult:
-    """Re-fetches the stocks open (pending/retrying) in sync_failure, only on their dates.
-
-    Each failed attempt raises the rows' retry_count; at `MAX_ATTEMPTS` they become
-    `abandoned` and are not requested again (see `stocksync status`).
-    """
-    with warehouse.get().connect() as connection:
-        frame = open_failures(connection)
-        abandoned = open_failures(connection, statuses=("abandoned",))
-    busy = {
-        run.tags.get(REPAIR_ASSET_TAG)
-        for run in unfinished_runs(context.instance, {TRIGGER_TAG: REPAIR_TRIGGER})
-    }
-    groups = [g for g in group_failures(frame) if g.asset not in busy][:MAX_RUNS_PER_TICK]
+def repair_requests(
+    frame: pd.DataFrame, busy_assets: set[str | None], limit: int = MAX_RUNS_PER_TICK
+) -> list[dg.RunRequest]:
+    """market_sync range runs for the open failures in `frame`, skipping assets being repaired."""
+    groups = [g for g in group_failures(frame) if g.asset not in busy_assets][:limit]
     requests = []
     for group in groups:
         config = market_run_config(
@@ -122,11 +117,50 @@ def repair_sensor(
                 },
             )
         )
-        context.log.info(f"repair {group.asset} {group.start}..{group.end}: {stocks}")
+    return requests
+
+
+def busy_repair_assets(instance: dg.DagsterInstance) -> set[str | None]:
+    """Assets with a repair run queued or running."""
+    return {
+        run.tags.get(REPAIR_ASSET_TAG)
+        for run in unfinished_runs(instance, {TRIGGER_TAG: REPAIR_TRIGGER})
+    }
+
+
+@dg.sensor(
+    name="repair_sensor",
+    job=market_sync,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="补拉: every 5 minutes, re-fetches only the stocks open (pending / retrying) in "
+    "sync_failure, on their dates, as market_sync range runs (whole-day failures re-fetch the "
+    f"market). Each failed attempt counts; after {MAX_ATTEMPTS} a row is abandoned and no longer "
+    "requested (`stocksync failures --status abandoned` lists them, `stocksync failures retry` "
+    "re-opens them).",
+)
+def repair_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+) -> dg.SensorResult:
+    """Re-fetches the stocks open (pending/retrying) in sync_failure, only on their dates.
+
+    Each failed attempt raises the rows' retry_count; at `MAX_ATTEMPTS` they become
+    `abandoned` and are not requested again until `stocksync failures retry` re-opens them.
+    """
+    with warehouse.get().connect() as connection:
+        frame = open_failures(connection)
+        abandoned = open_failures(connection, statuses=("abandoned",))
+    requests = repair_requests(frame, busy_repair_assets(context.instance))
+    for request in requests:
+        tags = request.tags
+        context.log.info(
+            f"repair {tags[REPAIR_ASSET_TAG]} {tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}: "
+            f"{tags['stocksync/repair_stocks']}"
+        )
     if len(abandoned):
         context.log.warning(
             f"{len(abandoned)} sync_failure rows abandoned after {MAX_ATTEMPTS} attempts "
-            "(not retried; `stocksync status` lists them)"
+            "(not retried; `stocksync failures retry --status abandoned` re-opens them)"
         )
     skip = None
     if not requests:

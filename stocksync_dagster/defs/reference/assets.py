@@ -4,6 +4,8 @@ import datetime as dt
 from typing import Any
 
 import dagster as dg
+import pandas as pd
+import pydantic
 import sqlalchemy as sa
 
 from stocksync_dagster.core import trading_calendar
@@ -65,18 +67,71 @@ def trade_calendar(
     )
 
 
+EXCHANGES = ("SH", "SZ", "BJ")
+# Tushare's list_status letters -> the normalized `status` (P, listing paused, is still listed).
+LIST_STATUSES = {"L": "listed", "D": "delisted", "P": "listed"}
+
+
+class StockBasicConfig(dg.Config):
+    """Which stocks a run refreshes; the default (empty lists) is all of them."""
+
+    exchanges: list[str] = pydantic.Field(
+        default_factory=list, description="Only these exchanges: SH, SZ, BJ. Empty: all."
+    )
+    list_statuses: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Only these list statuses: L (listed), D (delisted), P (paused; stored as "
+        "listed, so L and P select the same rows). Empty: all.",
+    )
+
+    @pydantic.field_validator("exchanges")
+    @classmethod
+    def _known_exchanges(cls, value: list[str]) -> list[str]:
+        value = [v.strip().upper() for v in value]
+        unknown = sorted(set(value) - set(EXCHANGES))
+        if unknown:
+            raise ValueError(f"unknown exchange {', '.join(unknown)}: use {', '.join(EXCHANGES)}")
+        return value
+
+    @pydantic.field_validator("list_statuses")
+    @classmethod
+    def _known_statuses(cls, value: list[str]) -> list[str]:
+        value = [v.strip().upper() for v in value]
+        unknown = sorted(set(value) - set(LIST_STATUSES))
+        if unknown:
+            raise ValueError(f"unknown list status {', '.join(unknown)}: use L, D or P")
+        return value
+
+    def select(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the source's security master this run upserts."""
+        keep = pd.Series(True, index=frame.index)
+        if self.exchanges:
+            keep &= frame["exchange"].isin(self.exchanges)
+        if self.list_statuses:
+            keep &= frame["status"].isin({LIST_STATUSES[s] for s in self.list_statuses})
+        return frame[keep]
+
+
 @dg.asset(**_COMMON, metadata=table_metadata(schema.stock_basic))
 def stock_basic(
     context: dg.AssetExecutionContext,
+    config: StockBasicConfig,
     source: MarketSourceResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Security master: code, name, exchange, board, list/delist dates, status, ST flag.
 
-    A current snapshot of every stock the source knows (listed and delisted), refreshed in
-    full on each run; list and delist dates carry the history. Table `stock_basic`.
+    A current snapshot of every stock the source knows (listed and delisted), refreshed on each
+    run; list and delist dates carry the history. Run config `exchanges` (SH/SZ/BJ) and
+    `list_statuses` (L/D/P) refresh only those rows; other rows are kept. Table `stock_basic`.
     """
-    frame = source.stock_basic()
+    everything = source.stock_basic()
+    frame = config.select(everything)
+    if len(frame) < len(everything):
+        context.log.info(
+            f"stock_basic: {len(frame)} of {len(everything)} stocks selected by "
+            f"exchanges={config.exchanges or 'all'} list_statuses={config.list_statuses or 'all'}"
+        )
     stats = sync_reference_table(schema.stock_basic, frame, warehouse.get())
     stored = _stored_rows(warehouse.get(), schema.stock_basic)
     context.log.info(f"stock_basic: {len(frame)} stocks")
@@ -86,6 +141,8 @@ def stock_basic(
             ROW_COUNT: stored,
             **upsert_metadata(stats),
             "stocks": len(frame),
+            "filter": f"exchanges={','.join(config.exchanges) or 'all'} "
+            f"list_statuses={','.join(config.list_statuses) or 'all'}",
             "listed": int((frame["status"] == "listed").sum()),
             "delisted": int((frame["status"] == "delisted").sum()),
             "by_board": frame_table(by_board),
