@@ -108,7 +108,7 @@ class ClosedWednesday(DemoSource):
 
 
 class ClosedWednesdayResource(DemoSourceResource):
-    def open(self) -> DemoSource:
+    def make_source(self) -> DemoSource:
         return ClosedWednesday(n_stocks=self.stocks, seed=self.seed)
 
 
@@ -149,7 +149,7 @@ def test_a_failed_stock_and_a_rejected_row_show_on_their_own_day_only(sqlite_url
             return result
 
     class Resource(DemoSourceResource):
-        def open(self) -> DemoSource:
+        def make_source(self) -> DemoSource:
             return LosesOneStockOneDay(n_stocks=self.stocks, seed=self.seed)
 
     with dg.instance_for_test() as instance:
@@ -285,7 +285,7 @@ def test_too_many_failed_stocks_fail_the_step_after_writing(
             return result
 
     class FlakyResource(DemoSourceResource):
-        def open(self) -> DemoSource:
+        def make_source(self) -> DemoSource:
             return Flaky(n_stocks=self.stocks, seed=self.seed)
 
     config = dg.RunConfig(ops={"daily_bars": {"config": {"max_failed_share": share}}})

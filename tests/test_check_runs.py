@@ -142,7 +142,7 @@ class BrokenMasterSource(DemoSource):
 
 
 class BrokenMasterResource(DemoSourceResource):
-    def open(self) -> DemoSource:
+    def make_source(self) -> DemoSource:
         return BrokenMasterSource(n_stocks=self.stocks, seed=self.seed)
 
 

@@ -113,7 +113,7 @@ def add_random_faults(server: FakeBaostockServer | FlakyTushareServer, seed: int
 class FastTushareResource(TushareSourceResource):
     """The tushare resource with a short pause after a rate-limit refusal (test speed)."""
 
-    def open(self) -> MarketSource:
+    def make_source(self) -> MarketSource:
         return TushareSource(
             tokens=self.tokens.split(","),
             api_url=self.api_url,

@@ -248,6 +248,27 @@ class DemoMarket:
         days, rows, columns = self._slice(start, end, codes)
         return self._frame(days, rows, columns, ("adj_factor",))
 
+    def suspensions(
+        self, start: dt.date, end: dt.date, codes: list[str] | None = None
+    ) -> pd.DataFrame:
+        """(code, trade_date) of listed stocks that did not trade: the market's suspensions."""
+        days, rows, columns = self._slice(start, end, codes)
+        if not days:
+            return pd.DataFrame({"code": pd.Series(dtype=object), "trade_date": []})
+        ordinals = np.array([d.toordinal() for d in days])[:, None]
+        list_ord = np.array([d.toordinal() for d in self.stocks["list_date"]])[columns]
+        delist_ord = np.array(
+            [d.toordinal() if d is not None else 10**9 for d in self.stocks["delist_date"]]
+        )[columns]
+        listed = (list_ord[None, :] <= ordinals) & (ordinals < delist_ord[None, :])
+        day_index, stock_index = np.nonzero(listed & ~self._panel["traded"][rows][:, columns])
+        return pd.DataFrame(
+            {
+                "code": self.stocks["code"].to_numpy()[columns][stock_index],
+                "trade_date": np.array(days, dtype=object)[day_index],
+            }
+        )
+
     def _frame(
         self, days: list[dt.date], rows: slice, columns: np.ndarray, fields: tuple[str, ...]
     ) -> pd.DataFrame:

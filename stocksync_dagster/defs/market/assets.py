@@ -3,9 +3,18 @@
 from typing import Any
 
 import dagster as dg
+import pydantic
 
 from stocksync_dagster.core import trading_calendar
-from stocksync_dagster.core.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
+from stocksync_dagster.core.codes import is_valid_code
+from stocksync_dagster.core.errors import ConfigError
+from stocksync_dagster.core.sync import (
+    ADJ_FACTOR,
+    DAILY_BARS,
+    DEFAULT_MAX_FAILED_SHARE,
+    MarketDataset,
+    sync_market_range,
+)
 from stocksync_dagster.core.warehouse import schema
 from stocksync_dagster.defs.market.automation import GAP_FILL
 from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
@@ -17,16 +26,30 @@ MARKET_GROUP = "market"
 
 
 class MarketSyncConfig(dg.Config):
-    """Run settings for a market sync (editable in the Launchpad)."""
+    """Run settings for a market sync (editable in the Launchpad).
 
-    lookback_days: int = 0
+    Checked before anything is fetched: numbers against their ranges here, `codes` against
+    `stock_basic` by the sync (an unknown code is named in one line).
+    """
+
+    lookback_days: int = pydantic.Field(default=0, ge=0, le=250)
     """Also re-fetch this many trading days before the partition (late or partial data heals)."""
     codes: list[str] | None = None
     """Only these stocks (repairs of `sync_failure`); empty = the whole market."""
-    max_failed_share: float = 0.05
-    """Fail the step (so it is retried) when more than this share of stocks could not be fetched."""
-    max_retries: int = 5
+    max_failed_share: float = pydantic.Field(default=DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)
+    """Fail the step (so it is retried) when more than this share of stocks could not be fetched
+    (0.01: a day is a success only with 99% of its expected stocks; the rest are in sync_failure)."""
+    max_retries: int = pydantic.Field(default=5, ge=1, le=100)
     """A stock failing this many times in a row is marked `abandoned` in `sync_failure`."""
+
+    @pydantic.field_validator("codes")
+    @classmethod
+    def _codes_form(cls, codes: list[str] | None) -> list[str] | None:
+        if codes is not None:
+            malformed = [c for c in codes if not is_valid_code(c)]
+            if malformed:
+                raise ValueError(f"codes not in 600000.SH form: {', '.join(malformed)}")
+        return codes
 
 
 def _sync(
@@ -44,16 +67,19 @@ def _sync(
     context.log.info(
         f"{dataset.asset}: fetching {start}..{end} ({len(days)} partitions) for {scope}"
     )
-    report = sync_market_range(
-        dataset,
-        source,
-        warehouse.get(),
-        start,
-        end,
-        config.codes,
-        config.max_failed_share,
-        config.max_retries,
-    )
+    try:
+        report = sync_market_range(
+            dataset,
+            source,
+            warehouse.get(),
+            start,
+            end,
+            config.codes,
+            config.max_failed_share,
+            config.max_retries,
+        )
+    except ConfigError as exc:  # a retry cannot fix the run's own config
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     context.log.info(
         f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
         f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write; "
