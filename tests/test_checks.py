@@ -138,7 +138,8 @@ def test_completeness_fails_on_a_day_missing_stocks_and_lists_them(loaded: Wareh
     assert meta(result, "failing_day_list") == "2025-08-12"
     table = str(meta(result, "missing_codes"))
     assert all(code in table for code in removed[:10])
-    assert evaluate_completeness(loaded, RUN, min_share=0.8).passed
+    lenient = evaluate_completeness(loaded, RUN, min_share=0.5)
+    assert not lenient.passed and lenient.severity == WARN  # above the threshold, still short
     assert evaluate_completeness(loaded, Scope(DEMO_START, dt.date(2025, 8, 11))).passed
 
 

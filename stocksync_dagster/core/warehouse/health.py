@@ -20,6 +20,7 @@ from stocksync_dagster.core.warehouse.schema import (
     adj_factor,
     daily_bar,
     stock_basic,
+    suspension,
     sync_failure,
     trade_calendar,
 )
@@ -113,41 +114,52 @@ def _listed_on(day: sa.ColumnElement) -> sa.ColumnElement:
 def completeness(
     connection: sa.Connection, start: dt.date | None, end: dt.date | None
 ) -> pd.DataFrame:
-    """Per open day: stocks listed that day (per `stock_basic`) and how many of them have a bar.
+    """Per open day: the expected universe (listed per `stock_basic` minus `suspension`) vs bars.
 
-    Columns `trade_date, listed, with_bars, share`. Suspensions are not in `stock_basic`, so a
-    complete day still has `share` a little below 1.
+    Columns `trade_date, listed, suspended, expected, present, missing, share` where
+    `expected = listed - suspended`, `present` counts expected stocks with a bar, `missing` the
+    expected ones without, `share = present / expected` (1.0 when nothing is expected).
     """
-    c, s, b = trade_calendar.c, stock_basic.c, daily_bar.c
+    c, s, b, p = trade_calendar.c, stock_basic.c, daily_bar.c, suspension.c
+    no_bar = b.code.is_(None)
+    suspended = sa.and_(no_bar, p.code.is_not(None))
     query = (
         sa.select(
             c.cal_date.label("trade_date"),
             sa.func.count(s.code).label("listed"),
-            sa.func.count(b.code).label("with_bars"),
+            sa.func.sum(sa.case((suspended, 1), else_=0)).label("suspended"),
+            sa.func.count(b.code).label("present"),
+            sa.func.sum(sa.case((sa.and_(no_bar, p.code.is_(None)), 1), else_=0)).label("missing"),
         )
         .select_from(
-            trade_calendar.join(stock_basic, _listed_on(c.cal_date)).outerjoin(
-                daily_bar, sa.and_(b.code == s.code, b.trade_date == c.cal_date)
-            )
+            trade_calendar.join(stock_basic, _listed_on(c.cal_date))
+            .outerjoin(daily_bar, sa.and_(b.code == s.code, b.trade_date == c.cal_date))
+            .outerjoin(suspension, sa.and_(p.code == s.code, p.trade_date == c.cal_date))
         )
         .where(c.is_open, _in_scope(c.cal_date, start, end))
         .group_by(c.cal_date)
         .order_by(c.cal_date)
     )
-    frame = pd.DataFrame(
-        connection.execute(query).all(), columns=["trade_date", "listed", "with_bars"]
-    )
+    columns = ["trade_date", "listed", "suspended", "present", "missing"]
+    frame = pd.DataFrame(connection.execute(query).all(), columns=columns)
+    for column in columns[1:]:
+        frame[column] = frame[column].fillna(0).astype(int)
     frame["trade_date"] = frame["trade_date"].map(_to_date)
-    frame["share"] = (frame["with_bars"] / frame["listed"].where(frame["listed"] > 0)).fillna(1.0)
+    frame.insert(3, "expected", frame["listed"] - frame["suspended"])
+    expected = frame["expected"].where(frame["expected"] > 0)
+    frame["share"] = (frame["present"] / expected).fillna(1.0)
     return frame
 
 
-def listed_without_bars(connection: sa.Connection, day: dt.date) -> list[str]:
-    """Codes listed on `day` (per `stock_basic`) that have no bar that day, sorted."""
-    s, b = stock_basic.c, daily_bar.c
+def missing_codes(connection: sa.Connection, day: dt.date) -> list[str]:
+    """Codes expected on `day` (listed per `stock_basic`, not in `suspension`) without a bar."""
+    s, b, p = stock_basic.c, daily_bar.c, suspension.c
     has_bar = sa.exists().where(b.code == s.code, b.trade_date == day)
+    is_suspended = sa.exists().where(p.code == s.code, p.trade_date == day)
     rows = connection.execute(
-        sa.select(s.code).where(_listed_on(sa.literal(day, sa.Date)), ~has_bar).order_by(s.code)
+        sa.select(s.code)
+        .where(_listed_on(sa.literal(day, sa.Date)), ~has_bar, ~is_suspended)
+        .order_by(s.code)
     )
     return [code for (code,) in rows]
 

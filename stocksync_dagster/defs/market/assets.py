@@ -38,7 +38,7 @@ class MarketSyncConfig(dg.Config):
     """Only these stocks (repairs of `sync_failure`); empty = the whole market."""
     max_failed_share: float = pydantic.Field(default=DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)
     """Fail the step (so it is retried) when more than this share of stocks could not be fetched
-    (0.01: a day is a success only with 99% of its expected stocks; the rest are in sync_failure)."""
+    (0.01: a success needs 99% of the expected stocks; the rest are in sync_failure)."""
     max_retries: int = pydantic.Field(default=5, ge=1, le=100)
     """A stock failing this many times in a row is marked `abandoned` in `sync_failure`."""
 
