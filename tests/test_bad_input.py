@@ -101,9 +101,7 @@ class ListedFrameSource(FrameSource):
 
     def stock_basic(self) -> pd.DataFrame:
         codes = sorted(set(self.frame["code"]))
-        return pd.DataFrame(
-            {"code": codes, "list_date": dt.date(2000, 1, 4), "delist_date": None}
-        )
+        return pd.DataFrame({"code": codes, "list_date": dt.date(2000, 1, 4), "delist_date": None})
 
 
 class MalformedSourceResource(MarketSourceResource):

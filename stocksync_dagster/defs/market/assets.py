@@ -3,7 +3,6 @@
 from typing import Any
 
 import dagster as dg
-import pydantic
 
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.codes import is_valid_code
@@ -28,28 +27,34 @@ MARKET_GROUP = "market"
 class MarketSyncConfig(dg.Config):
     """Run settings for a market sync (editable in the Launchpad).
 
-    Checked before anything is fetched: numbers against their ranges here, `codes` against
-    `stock_basic` by the sync (an unknown code is named in one line).
+    Checked before anything is fetched (`check`): numbers against their ranges, `codes` for
+    their form here and against `stock_basic` by the sync; a bad value fails the run at once,
+    without retries, in one line naming the setting.
     """
 
-    lookback_days: int = pydantic.Field(default=0, ge=0, le=250)
-    """Also re-fetch this many trading days before the partition (late or partial data heals)."""
+    lookback_days: int = 0
+    """Also re-fetch this many trading days before the partition (0-250; late data heals)."""
     codes: list[str] | None = None
     """Only these stocks (repairs of `sync_failure`); empty = the whole market."""
-    max_failed_share: float = pydantic.Field(default=DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)
-    """Fail the step (so it is retried) when more than this share of stocks could not be fetched
-    (0.01: a success needs 99% of the expected stocks; the rest are in sync_failure)."""
-    max_retries: int = pydantic.Field(default=5, ge=1, le=100)
-    """A stock failing this many times in a row is marked `abandoned` in `sync_failure`."""
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE
+    """Fail the step (so it is retried) when more than this share (0-1) of stocks could not be
+    fetched (0.01: a success needs 99% of the expected stocks; the rest are in sync_failure)."""
+    max_retries: int = 5
+    """A stock failing this many times in a row is marked `abandoned` in `sync_failure` (1-100)."""
 
-    @pydantic.field_validator("codes")
-    @classmethod
-    def _codes_form(cls, codes: list[str] | None) -> list[str] | None:
-        if codes is not None:
-            malformed = [c for c in codes if not is_valid_code(c)]
-            if malformed:
-                raise ValueError(f"codes not in 600000.SH form: {', '.join(malformed)}")
-        return codes
+    def check(self) -> None:
+        """Raise ConfigError naming the first setting out of range or the malformed codes."""
+        for name, low, high in (
+            ("lookback_days", 0, 250),
+            ("max_failed_share", 0, 1),
+            ("max_retries", 1, 100),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(name, f"{value} is not in [{low}, {high}]")
+        malformed = [c for c in self.codes or [] if not is_valid_code(c)]
+        if malformed:
+            raise ConfigError("codes", f"not in 600000.SH form: {', '.join(malformed)}")
 
 
 def _sync(
@@ -59,6 +64,10 @@ def _sync(
     source: MarketSourceResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    try:
+        config.check()
+    except ConfigError as exc:  # a retry cannot fix the run's own config
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     days = keys_to_dates(context.partition_keys)
     start, end = days[0], days[-1]
     for _ in range(config.lookback_days):
