@@ -201,13 +201,13 @@ def test_move_beyond_the_board_limit_warns(loaded: Warehouse) -> None:
             .first()
         )
     assert st_code is not None
-    # +7%: fine on the main board (10%) but beyond the 5% ST limit; OHLC order kept.
-    up = bar.pre_close * 1.07
+    # +12%: beyond the 10% main-board ST limit in force on DAY (since 2025-07-07); OHLC kept.
+    up = bar.pre_close * 1.12
     run(
         loaded,
         sa.update(schema.daily_bar)
         .where(bar.code == st_code, bar.trade_date == DAY)
-        .values(close=up, high=up * 1.001, pct_chg=7.0),
+        .values(close=up, high=up * 1.001, pct_chg=12.0),
     )
     result = evaluate_ohlc_sanity(loaded, RUN)
     assert not result.passed and result.severity == WARN

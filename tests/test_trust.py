@@ -416,3 +416,72 @@ def test_a_codes_typo_and_a_negative_share_are_refused_in_one_line(sqlite_url: s
     assert negative.strip().endswith("max_failed_share: -1.0 is not in [0, 1]")
     assert "max_failed_share" in failure_of({"max_failed_share": 1.5})
     assert read(sqlite_url, "daily_bar").empty
+
+
+# ----- price limits by date ----------------------------------------------------------------
+def _bar(code: str, day: dt.date, pct: float) -> dict[str, object]:
+    pre = 10.0
+    close = round(pre * (1 + pct / 100), 2)
+    return {
+        "code": code,
+        "trade_date": day,
+        "open": pre,
+        "high": max(pre, close),
+        "low": min(pre, close),
+        "close": close,
+        "pre_close": pre,
+        "volume": 1000,
+        "amount": 10000.0,
+        "pct_chg": round((close / pre - 1) * 100, 4),
+    }
+
+
+def _stock(code: str, listed: dt.date, is_st: bool = False) -> dict[str, object]:
+    return {
+        "code": code,
+        "name": ("ST" if is_st else "") + code,
+        "exchange": code[-2:],
+        "board": "main",
+        "list_date": listed,
+        "delist_date": None,
+        "status": "listed",
+        "is_st": is_st,
+    }
+
+
+def test_price_limits_follow_the_rule_in_force_and_the_listing_date(warehouse_url: str) -> None:
+    from stocksync_dagster.checks.sanity import evaluate_ohlc_sanity
+
+    warehouse = Warehouse(warehouse_url)
+    warehouse.ensure_schema()
+    before, after = dt.date(2025, 7, 4), dt.date(2025, 7, 7)  # the ST limit: 5% -> 10%
+    first = dt.date(2025, 7, 1)  # the first loaded day
+    days = pd.date_range(dt.date(2025, 6, 30), dt.date(2025, 7, 11)).date
+    calendar = pd.DataFrame({"cal_date": days, "is_open": [d.weekday() < 5 for d in days]})
+    stocks = [
+        _stock("600001.SH", dt.date(2010, 1, 4), is_st=True),  # ST for years
+        _stock("600002.SH", dt.date(2020, 3, 2)),  # listed before the loaded range
+        _stock("600003.SH", first),  # IPO on the first loaded day
+    ]
+    bars = [
+        _bar("600001.SH", before, 7.0),  # ST +7% under the 5% rule: flagged
+        _bar("600001.SH", after, 7.0),  # ST +7% under the 10% rule: fine
+        _bar("600002.SH", first, 15.0),  # not an IPO day: flagged
+        _bar("600003.SH", dt.date(2025, 7, 3), 30.0),  # 3rd day after listing: no limit
+        _bar("600003.SH", dt.date(2025, 7, 8), 15.0),  # 6th trading day: limited, flagged
+    ]
+    sync_reference_table(schema.trade_calendar, calendar, warehouse)
+    sync_reference_table(schema.stock_basic, pd.DataFrame(stocks), warehouse)
+    with warehouse.begin() as connection:
+        connection.execute(sa.insert(schema.daily_bar), bars)
+    result = evaluate_ohlc_sanity(warehouse, Scope(first, dt.date(2025, 7, 11)))
+    flagged = result.metadata["bars"].value
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["bad_bars"].value == 3, flagged
+    for code, day in [
+        ("600001.SH", before),
+        ("600002.SH", first),
+        ("600003.SH", dt.date(2025, 7, 8)),
+    ]:
+        assert code in flagged and str(day) in flagged
+    assert str(after) not in flagged and "2025-07-03" not in flagged

@@ -7,14 +7,14 @@ deciding pass / fail and writing metadata is the checks' job (`stocksync_dagster
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 from collections.abc import Sequence
 
 import pandas as pd
 import sqlalchemy as sa
 
-from stocksync_dagster.core.codes import board_of, is_valid_code, price_limit_pct
+from stocksync_dagster.core import price_limits
+from stocksync_dagster.core.codes import board_of, is_valid_code
 from stocksync_dagster.core.warehouse.failures import OPEN_STATUSES
 from stocksync_dagster.core.warehouse.schema import (
     adj_factor,
@@ -29,8 +29,6 @@ from stocksync_dagster.core.warehouse.schema import (
 PRICE_TICK = 0.01
 # pct_chg is rounded by the source (2 to 6 decimals): tolerance in percentage points.
 PCT_CHG_TOLERANCE = 0.05
-# IPO days without (or with wider) price limits: the listing day and the 4 trading days after.
-IPO_UNLIMITED_DAYS = 5
 # Relative change of adj_factor below this is rounding, not an ex-right event.
 FACTOR_TOLERANCE = 1e-6
 # How far back the factor check looks for a stock's previous bar (suspensions up to this long).
@@ -179,29 +177,18 @@ def open_failures(connection: sa.Connection, asset: str) -> pd.DataFrame:
 
 
 # ----- OHLC sanity -------------------------------------------------------------------------
-def _limit_pct_expression(connection: sa.Connection) -> sa.ColumnElement:
-    """The board's daily limit in percent as SQL, from `codes.price_limit_pct` (NULL if unknown)."""
-    s = stock_basic.c
-    kinds = connection.execute(sa.select(s.board, s.is_st).distinct()).all()
-    whens = [
-        (
-            sa.and_(s.board == board, s.is_st.is_(True) if is_st else s.is_st.is_(False)),
-            sa.literal(price_limit_pct(board, bool(is_st))),
-        )
-        for board, is_st in kinds
-    ]
-    return sa.case(*whens, else_=sa.null()) if whens else sa.null()
-
-
 def ohlc_violations(
     connection: sa.Connection, start: dt.date | None, end: dt.date | None
 ) -> pd.DataFrame:
-    """Bars breaking a sanity rule (the first one that applies), IPO days exempt from limits.
+    """Bars breaking a sanity rule (the first one that applies).
 
-    Columns `trade_date, code, rule, open, high, low, close, pre_close, volume, pct_chg, limit`.
+    The price limit is the one in force on the bar's day for the stock's board and status
+    (`price_limits`); the first days after the listing date are exempt. SQL selects every
+    move beyond the narrowest limit; the rule of the day decides. Columns `trade_date, code,
+    rule, open, high, low, close, pre_close, volume, pct_chg, limit`.
     """
-    b = daily_bar.c
-    limit = _limit_pct_expression(connection)
+    b, s = daily_bar.c, stock_basic.c
+    narrowest = min(rule.pct for rule in price_limits.LIMIT_RULES)
     move = sa.func.abs(b.close - b.pre_close)
     rules = [
         (
@@ -221,7 +208,7 @@ def ohlc_violations(
         ),
         (
             "move beyond the price limit",
-            sa.and_(b.pre_close > 0, move > b.pre_close * limit / 100 + PRICE_TICK),
+            sa.and_(b.pre_close > 0, move > b.pre_close * narrowest / 100 + PRICE_TICK),
         ),
     ]
     query = (
@@ -236,8 +223,9 @@ def ohlc_violations(
             b.pre_close,
             b.volume,
             b.pct_chg,
-            limit.label("limit_pct"),
-            stock_basic.c.list_date,
+            s.board,
+            s.is_st,
+            s.list_date,
         )
         .select_from(daily_bar.outerjoin(stock_basic, stock_basic.c.code == b.code))
         .where(_in_scope(b.trade_date, start, end), sa.or_(*[cond for _, cond in rules]))
@@ -254,29 +242,39 @@ def ohlc_violations(
         "pre_close",
         "volume",
         "pct_chg",
-        "limit",
+        "board",
+        "is_st",
         "list_date",
     ]
     frame = pd.DataFrame(connection.execute(query).all(), columns=columns)
     frame["trade_date"] = frame["trade_date"].map(_to_date)
+    frame["limit"] = [
+        price_limits.limit_pct(board, bool(is_st), day) if board is not None else None
+        for board, is_st, day in zip(
+            frame["board"], frame["is_st"], frame["trade_date"], strict=True
+        )
+    ]
     if len(frame):
-        frame = frame[~_ipo_exempt(connection, frame)]
-    return frame.drop(columns="list_date").reset_index(drop=True)
+        frame = frame[_breaks_its_limit(frame)]
+    return frame.drop(columns=["board", "is_st", "list_date"]).reset_index(drop=True)
 
 
-def _ipo_exempt(connection: sa.Connection, frame: pd.DataFrame) -> pd.Series:
-    """Limit breaches within the first IPO_UNLIMITED_DAYS open days from the list date."""
-    days = open_days(connection, None, None)
+def _breaks_its_limit(frame: pd.DataFrame) -> pd.Series:
+    """False for limit candidates within the day's limit, or on an IPO day without a limit."""
 
-    def exempt(row: pd.Series) -> bool:
-        if row["rule"] != "move beyond the price limit" or row["list_date"] is None:
+    def keep(row: pd.Series) -> bool:
+        if row["rule"] != "move beyond the price limit":
+            return True
+        if row["limit"] is None or pd.isna(row["limit"]):
+            return False  # an unknown board has no limit to break
+        listed = _to_date(row["list_date"]) if row["list_date"] is not None else None
+        if price_limits.within_ipo_window(row["board"], listed, row["trade_date"]):
             return False
-        listed = _to_date(row["list_date"])
-        first = bisect.bisect_left(days, listed)
-        nth = bisect.bisect_right(days, row["trade_date"])
-        return nth - first <= IPO_UNLIMITED_DAYS
+        return abs(row["close"] - row["pre_close"]) > row["pre_close"] * row["limit"] / 100 + (
+            PRICE_TICK
+        )
 
-    return frame.apply(exempt, axis=1).astype(bool)
+    return frame.apply(keep, axis=1).astype(bool)
 
 
 # ----- adjustment factors ------------------------------------------------------------------
