@@ -485,3 +485,73 @@ def test_price_limits_follow_the_rule_in_force_and_the_listing_date(warehouse_ur
     ]:
         assert code in flagged and str(day) in flagged
     assert str(after) not in flagged and "2025-07-03" not in flagged
+
+
+# ----- a calendar that does not end --------------------------------------------------------
+CLOSURE_2027 = dt.date(2027, 2, 8)  # a weekday closure published for 2027 (test data)
+
+
+def test_a_2027_closure_in_trade_calendar_is_excluded_from_partitions(sqlite_url: str) -> None:
+    from stocksync_dagster.core import trading_calendar
+    from stocksync_dagster.core.warehouse.published_calendar import published_closed_weekdays
+    from stocksync_dagster.defs.market.partitions import trading_day_partitions
+
+    assert trading_calendar.calendar_last_known_day() < CLOSURE_2027, "past the package"
+    warehouse = Warehouse(sqlite_url)
+    warehouse.ensure_schema()
+    days = pd.date_range(dt.date(2027, 2, 1), dt.date(2027, 2, 12)).date
+    published = pd.DataFrame(
+        {"cal_date": days, "is_open": [d.weekday() < 5 and d != CLOSURE_2027 for d in days]}
+    )
+    sync_reference_table(schema.trade_calendar, published, warehouse)
+
+    closures = published_closed_weekdays(sqlite_url, dt.date(2026, 12, 1))
+    assert closures == [CLOSURE_2027]
+    at = dt.datetime(2027, 2, 20, 20, tzinfo=trading_calendar.SHANGHAI)
+    with_source = trading_day_partitions(dt.date(2027, 1, 25), closures)
+    without = trading_day_partitions(dt.date(2027, 1, 25))
+    assert CLOSURE_2027.isoformat() in without.get_partition_keys(current_time=at)
+    keys = with_source.get_partition_keys(current_time=at)
+    assert CLOSURE_2027.isoformat() not in keys
+    assert {"2027-02-05", "2027-02-09"} <= set(keys)
+
+
+def test_loading_the_calendar_never_creates_a_warehouse(tmp_path) -> None:
+    from stocksync_dagster.core.warehouse.published_calendar import published_closed_weekdays
+
+    missing = tmp_path / "nowhere" / "warehouse.db"
+    assert published_closed_weekdays(f"sqlite:///{missing}", dt.date(2025, 1, 1)) == []
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_the_check_reports_days_the_source_and_the_package_disagree_on(sqlite_url: str) -> None:
+    from stocksync_dagster.checks.calendar_agreement import evaluate_calendar_agreement
+    from stocksync_dagster.core import trading_calendar
+
+    warehouse = Warehouse(sqlite_url)
+    warehouse.ensure_schema()
+    days = pd.date_range(dt.date(2026, 9, 28), dt.date(2026, 10, 9)).date
+    truth = [trading_calendar.package_says_open(d) for d in days]
+    frame = pd.DataFrame({"cal_date": days, "is_open": truth})
+    sync_reference_table(schema.trade_calendar, frame, warehouse)
+    assert evaluate_calendar_agreement(warehouse, days[0]).passed
+
+    national_day = dt.date(2026, 10, 1)  # closed per exchange_calendars; the source says open
+    frame.loc[frame["cal_date"] == national_day, "is_open"] = True
+    later = pd.DataFrame({"cal_date": [CLOSURE_2027], "is_open": [False]})
+    sync_reference_table(schema.trade_calendar, pd.concat([frame, later]), warehouse)
+    check = evaluate_calendar_agreement(warehouse, days[0])
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert str(national_day) in str(check.metadata["disagreements"].value)
+    assert str(CLOSURE_2027) in check.metadata["closures_not_loaded"].value
+    previous = trading_calendar.published_closures()
+    try:
+        trading_calendar.use_published_closures([CLOSURE_2027])
+        assert not trading_calendar.is_trading_day(CLOSURE_2027)
+        loaded = evaluate_calendar_agreement(warehouse, days[0])
+        assert (
+            "closures_not_loaded" not in loaded.metadata
+            or not loaded.metadata["closures_not_loaded"].value
+        )
+    finally:
+        trading_calendar.use_published_closures(previous)
