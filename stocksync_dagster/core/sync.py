@@ -258,7 +258,9 @@ def _complete_universe(
     failed = {
         (f.code, d) for f in result.failures if f.code for d in open_days if f.start <= d <= f.end
     }
-    present = universe.pairs(result.frame) | {(r.code, r.trade_date) for r in result.rejected}
+    present = universe.pairs(result.frame) | {
+        (r.code, r.trade_date) for r in result.rejected if r.trade_date is not None
+    }
     suspended = universe.pairs(result.suspensions)
     absent = universe.expected_absent(
         basic, [d for d in open_days if d not in failed_days], present | failed, suspended, codes
