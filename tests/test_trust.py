@@ -345,6 +345,54 @@ def test_a_day_that_keeps_failing_ends_abandoned_not_retried_forever(sqlite_url:
     assert failures["status"].tolist() == ["abandoned"] and failures["code"].tolist() == [victim]
 
 
+def test_a_day_the_source_now_calls_closed_ends_abandoned(sqlite_url: str) -> None:
+    """Rows deleted for a day the source later says was closed: each repair "succeeds" with no
+    bar, the audit finds it missing again; the re-opened row keeps counting, so it ends."""
+    days = recent_trading_days(6)
+    defs = build_defs(sqlite_url)
+    demo = DemoSource(n_stocks=DEMO_STOCKS)
+    warehouse = Warehouse(sqlite_url)
+    warehouse.ensure_schema()
+    sync_reference_table(schema.trade_calendar, demo.trade_calendar(days[0], days[-1]), warehouse)
+    sync_reference_table(schema.stock_basic, demo.stock_basic(), warehouse)
+    day = days[2]
+    with dg.instance_for_test() as instance:
+        assert materialize_range(
+            defs, instance, days[0].isoformat(), days[-1].isoformat(), ("daily_bars",)
+        ).success
+        with warehouse.begin() as connection:
+            connection.execute(
+                sa.delete(schema.daily_bar).where(schema.daily_bar.c.trade_date == day)
+            )
+        source = ClosedDayResource(stocks=DEMO_STOCKS, day=day.isoformat())
+        ticks = 0
+        while requests := repair_tick(sqlite_url, instance):
+            ticks += 1
+            assert ticks <= 10, "the repair loop must be bounded"
+            for request in requests:
+                materialize_bars(source, sqlite_url, instance, request.tags, request.run_config)
+    failures = read(sqlite_url, "sync_failure")
+    assert failures["code"].tolist() == ["*"] and failures["status"].tolist() == ["abandoned"]
+
+
+class _ClosedDay(DemoSource):
+    def __init__(self, day: dt.date, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.day = day
+
+    def trade_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
+        frame = super().trade_calendar(start, end)
+        frame.loc[frame["cal_date"] == self.day, "is_open"] = False
+        return frame
+
+
+class ClosedDayResource(DemoSourceResource):
+    day: str
+
+    def make_source(self) -> DemoSource:
+        return _ClosedDay(dt.date.fromisoformat(self.day), n_stocks=self.stocks, seed=self.seed)
+
+
 class _Losing(DemoSource):
     """The demo market, minus one stock on one day (and never saying it was suspended)."""
 
