@@ -603,3 +603,27 @@ def test_the_check_reports_days_the_source_and_the_package_disagree_on(sqlite_ur
         )
     finally:
         trading_calendar.use_published_closures(previous)
+
+
+def test_a_warehouse_at_0001_upgrades_to_the_suspension_table(tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from stocksync_dagster.core.warehouse import engine as warehouse_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = sa.create_engine(url)
+    with old.begin() as connection:
+        tables = [t for t in schema.metadata.sorted_tables if t.name != "suspension"]
+        schema.metadata.create_all(connection, tables=tables)
+        config = Config()
+        config.set_main_option("script_location", str(warehouse_engine._MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.stamp(config, "0001")
+    old.dispose()
+    assert "suspension" not in sa.inspect(sa.create_engine(url)).get_table_names()
+    warehouse = Warehouse(url)
+    warehouse.ensure_schema()
+    assert warehouse.schema_version() == "0002_suspension"
+    columns = {c["name"] for c in sa.inspect(warehouse.engine).get_columns("suspension")}
+    assert columns == {"code", "trade_date", "source"}
