@@ -96,6 +96,14 @@ class FrameSource(MarketSource):
         return FetchResult(frame=MARKET.adj_factors(start, end), calls=1)
 
 
+class ListedFrameSource(FrameSource):
+    """Its frame's stocks are the whole market, listed long ago."""
+
+    def stock_basic(self) -> pd.DataFrame:
+        codes = sorted(set(self.frame["code"]))
+        return pd.DataFrame({"code": codes, "list_date": dt.date(2000, 1, 4), "delist_date": None})
+
+
 class MalformedSourceResource(MarketSourceResource):
     def make_source(self) -> MarketSource:
         frame, _ = malformed_rows()
@@ -155,10 +163,12 @@ def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written
     assert all(HOSTILE not in s for s in statements)
 
 
-def test_hostile_codes_in_run_config_stay_parameters(warehouse_url: str) -> None:
+def test_hostile_codes_in_run_config_are_refused_and_never_reach_sql(warehouse_url: str) -> None:
     codes = {"ops": {"daily_bars": {"config": {"codes": [HOSTILE, "x' OR '1'='1"]}}}}
     result, statements = materialize_bars_capturing_sql(warehouse_url, codes)
-    assert result.success
+    assert not result.success  # refused before any fetch: not codes in 600000.SH form
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "not in 600000.SH form" in str(failure)
     assert all(HOSTILE not in s and "'1'='1" not in s for s in statements)
     assert read(warehouse_url, "SELECT count(*) AS n FROM daily_bar")["n"][0] >= 0  # table intact
 
@@ -183,7 +193,7 @@ def test_a_reply_ten_times_too_large_keeps_the_day_and_bounded_memory(sqlite_url
             "pct_chg": 0.0,
         }
     )
-    source = FrameSource(huge)
+    source = ListedFrameSource(huge)
     warehouse = Warehouse(sqlite_url)
     warehouse.ensure_schema()
     tracemalloc.start()

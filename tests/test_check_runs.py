@@ -267,5 +267,5 @@ def test_every_jobs_default_launchpad_config_validates(job_name: str, sqlite_url
             "deadline_hour": 20,
             "deadline_minute": 0,
             "full_history": False,
-            "min_share": 0.9,
+            "min_share": 0.99,
         }

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from stocksync_dagster.core import trading_calendar
-from stocksync_dagster.core.codes import is_valid_code, price_limit_pct
+from stocksync_dagster.core.codes import is_valid_code
+from stocksync_dagster.core.price_limits import limit_pct
 from stocksync_dagster.core.sources.base import ADJ_FACTOR_COLUMNS, BAR_COLUMNS, STOCK_BASIC_COLUMNS
 from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
@@ -84,7 +85,7 @@ def test_moves_stay_within_board_limits_except_ipo_days() -> None:
     stocks = market.stocks.set_index("code")
     listed = bars["code"].map(stocks["list_date"])
     limits = [
-        price_limit_pct(b, st)
+        limit_pct(b, st, market.origin)
         for b, st in zip(
             bars["code"].map(stocks["board"]), bars["code"].map(stocks["is_st"]), strict=True
         )

@@ -330,7 +330,11 @@ def test_long_range_run_with_random_faults_ends_exact_or_recorded_then_healed(
     source = source_for(server)
     try:
         with dg.DagsterInstance.ephemeral() as instance:
-            run(instance, source, warehouse_url, range_tags(start, end))
+            # 1 stock of 33 (3%) may fail and be recorded: above the 1% default, the step
+            # retries would fetch it before the repair path is taken
+            tolerant = {"config": {"max_failed_share": 0.05}}
+            config = {"ops": {"daily_bars": tolerant, "adj_factor": tolerant}}
+            run(instance, source, warehouse_url, range_tags(start, end), run_config=config)
             missing = gaps(warehouse_url, market, start, end)
             assert any(len(m) for m in missing.values())
             assert_gaps_are_recorded(warehouse_url, missing)

@@ -91,9 +91,13 @@ def test_range_fetch_equals_the_market_with_one_call_per_open_day(server, market
     assert bars.frame.equals(ordered(bars.frame)), "sorted by (trade_date, code)"
     assert (bars.failures, bars.rejected, factors.failures) == ([], [], [])
     days = open_days(START, END)
-    assert bars.calls == days + 1  # + the calendar, shared by the second fetch
+    # per open day: daily + suspend_d (bars only); + the calendar, shared by the second fetch,
+    # + stock_basic (L, D, P) once for the expected universe of each day
+    assert bars.calls == 2 * days + 1 + 3
     assert factors.calls == days
     assert server.outcomes("daily") == ["ok"] * days
+    assert server.outcomes("suspend_d") == ["ok"] * days
+    assert ordered(bars.suspensions).equals(ordered(market.suspensions(START, END)))
     assert all(set(c.params) == {"trade_date"} for c in server.calls if c.api == "daily")
 
 

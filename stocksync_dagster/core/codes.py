@@ -59,12 +59,3 @@ def board_of(code: str) -> str:
     if exchange == "SZ" and number.startswith(("300", "301")):
         return "chinext"
     return "main"
-
-
-def price_limit_pct(board: str, is_st: bool = False) -> float:
-    """Daily price limit in percent for a board (5% for ST stocks on the main board)."""
-    if board == "bse":
-        return 30.0
-    if board in ("chinext", "star"):
-        return 20.0
-    return 5.0 if is_st else 10.0

@@ -11,10 +11,23 @@ from dataclasses import dataclass, field
 import pandas as pd
 import sqlalchemy as sa
 
-from stocksync_dagster.core.errors import TooManyFailuresError
-from stocksync_dagster.core.sources.base import FetchFailure, FetchResult, MarketSource, RejectedRow
+from stocksync_dagster.core import universe
+from stocksync_dagster.core.errors import ConfigError, TooManyFailuresError
+from stocksync_dagster.core.sources.base import (
+    FetchFailure,
+    FetchResult,
+    MarketSource,
+    RejectedRow,
+)
 from stocksync_dagster.core.validation import validate_bars, validate_factors
-from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, counts, failures, schema
+from stocksync_dagster.core.warehouse import (
+    UpsertStats,
+    Warehouse,
+    counts,
+    failures,
+    schema,
+    suspensions,
+)
 from stocksync_dagster.core.warehouse.upsert import upsert_frame
 
 log = logging.getLogger(__name__)
@@ -28,10 +41,20 @@ class MarketDataset:
     table: sa.Table
     fetch: Callable[[MarketSource, dt.date, dt.date, Sequence[str] | None], FetchResult]
     validate: Callable[[pd.DataFrame, dt.date, dt.date], tuple[pd.DataFrame, list[RejectedRow]]]
+    expects_universe: bool = False
+    """Every listed, not suspended stock must have a row each open day (bars, not factors:
+    sources publish factors late and partially; the factor checks and look-back cover them)."""
 
+
+DEFAULT_MAX_FAILED_SHARE = 0.01
+MISSING_ERROR = "MissingFromSource"
 
 DAILY_BARS = MarketDataset(
-    "daily_bars", schema.daily_bar, lambda s, a, b, c: s.daily_bars(a, b, c), validate_bars
+    "daily_bars",
+    schema.daily_bar,
+    lambda s, a, b, c: s.daily_bars(a, b, c),
+    validate_bars,
+    expects_universe=True,
 )
 ADJ_FACTOR = MarketDataset(
     "adj_factor", schema.adj_factor, lambda s, a, b, c: s.adj_factors(a, b, c), validate_factors
@@ -72,6 +95,10 @@ class SyncReport:
     """The only stocks fetched (a repair), or None for the whole market."""
     stored_rows: dict[dt.date, int] = field(default_factory=dict)
     """Rows per day in the warehouse after the write, over [start, end]."""
+    suspended: dict[dt.date, int] = field(default_factory=dict)
+    """Suspensions per day the source reported (bars only)."""
+    refetched: int = 0
+    """(code, day) pairs absent from the first reply that a per-stock re-fetch recovered."""
 
     @property
     def market_open(self) -> bool:
@@ -135,20 +162,30 @@ def sync_market_range(
     start: dt.date,
     end: dt.date,
     codes: Sequence[str] | None = None,
-    max_failed_share: float = 0.05,
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
     max_retries: int = failures.DEFAULT_MAX_RETRIES,
 ) -> SyncReport:
     """Fetch [start, end] in one range call, validate, and write it in one transaction.
 
+    For bars, every stock listed and not suspended on an open day must come back: those absent
+    are re-fetched per stock once, and the ones still absent are recorded in `sync_failure`.
     Raises TooManyFailuresError after writing when more than `max_failed_share` of the stocks
     (or any whole open day) could not be fetched, so Dagster's retry policy takes over.
     """
+    if not 0 <= max_failed_share <= 1:
+        raise ConfigError("max_failed_share", f"{max_failed_share} is not in [0, 1]")
     started = time.monotonic()
+    basic = source.stock_basic() if (codes is not None or dataset.expects_universe) else None
+    if codes is not None and basic is not None:
+        universe.check_codes(codes, basic)  # before any market fetch
     open_days = open_days_between(source, start, end)
+    refetched = 0
     if not open_days:
         result = FetchResult(frame=pd.DataFrame(columns=[c.name for c in dataset.table.columns]))
     else:
         result = dataset.fetch(source, open_days[0], open_days[-1], codes)
+        if dataset.expects_universe and basic is not None:
+            refetched = _complete_universe(dataset, source, result, basic, open_days, codes)
     fetched = time.monotonic()
     good, rejected = dataset.validate(result.frame, start, end)
     rejected = [*result.rejected, *rejected]
@@ -162,6 +199,21 @@ def sync_market_range(
             connection, dataset.asset, start, end, codes, result.failures
         )
         failures.record_rejections(connection, dataset.asset, start, end, rejected, codes)
+        if result.suspensions is not None:
+            failed_days = {
+                d
+                for f in result.failures
+                if f.code is None
+                for d in open_days
+                if f.start <= d <= f.end
+            }
+            suspensions.replace_suspensions(
+                connection,
+                result.suspensions,
+                [d for d in open_days if d not in failed_days],
+                codes,
+                source.label,
+            )
         stored_rows = counts.rows_per_day(connection, dataset.table, start, end)
     report = SyncReport(
         asset=dataset.asset,
@@ -179,9 +231,99 @@ def sync_market_range(
         write_seconds=time.monotonic() - fetched,
         codes=tuple(codes) if codes is not None else None,
         stored_rows=stored_rows,
+        suspended=_per_day(result.suspensions),
+        refetched=refetched,
     )
     _raise_if_too_many_failures(report, max_failed_share)
     return report
+
+
+def _complete_universe(
+    dataset: MarketDataset,
+    source: MarketSource,
+    result: FetchResult,
+    basic: pd.DataFrame,
+    open_days: list[dt.date],
+    codes: Sequence[str] | None,
+) -> int:
+    """Re-fetch, per stock, the expected (code, day) pairs the reply lacked; record the rest.
+
+    Mutates `result`: recovered rows and suspensions are added, pairs still absent become
+    per-stock FetchFailures. Stocks that already failed, and days that failed whole, are
+    failures already. Returns how many pairs the re-fetch recovered.
+    """
+    failed_days = {
+        d for f in result.failures if f.code is None for d in open_days if f.start <= d <= f.end
+    }
+    failed = {
+        (f.code, d) for f in result.failures if f.code for d in open_days if f.start <= d <= f.end
+    }
+    present = universe.pairs(result.frame) | {
+        (r.code, r.trade_date) for r in result.rejected if r.trade_date is not None
+    }
+    suspended = universe.pairs(result.suspensions)
+    absent = universe.expected_absent(
+        basic, [d for d in open_days if d not in failed_days], present | failed, suspended, codes
+    )
+    if not absent:
+        return 0
+    lost = {(code, day) for day, day_codes in absent.items() for code in day_codes}
+    log.warning(
+        "%s: %d (code, day) pairs listed and not suspended are absent from the reply (%s); "
+        "re-fetching them per stock",
+        dataset.asset,
+        len(lost),
+        ", ".join(f"{d}: {len(c)}" for d, c in list(absent.items())[:10]),
+    )
+    retry = dataset.fetch(source, min(absent), max(absent), sorted({code for code, _ in lost}))
+    frame = retry.frame
+    recovered = frame[
+        [(c, d) in lost for c, d in zip(frame["code"], frame["trade_date"], strict=True)]
+    ]
+    result.frame = pd.concat([result.frame, recovered], ignore_index=True)
+    result.rejected += [r for r in retry.rejected if (r.code, r.trade_date) in lost]
+    result.calls += retry.calls
+    still = lost - universe.pairs(recovered) - {(r.code, r.trade_date) for r in retry.rejected}
+    if retry.suspensions is not None and len(retry.suspensions):
+        late = retry.suspensions[
+            [
+                (c, d) in still
+                for c, d in zip(
+                    retry.suspensions["code"], retry.suspensions["trade_date"], strict=True
+                )
+            ]
+        ]
+        still -= universe.pairs(late)
+        base = result.suspensions if result.suspensions is not None else None
+        result.suspensions = (
+            pd.concat([base, late], ignore_index=True) if base is not None else late
+        )
+    for code, day in sorted(still, key=lambda p: (p[1], p[0])):
+        result.failures.append(
+            FetchFailure(
+                code,
+                day,
+                day,
+                MISSING_ERROR,
+                f"{code} was listed and not suspended on {day}, but the source returned no bar "
+                "(also not on a per-stock re-fetch); the repair sensor fetches it again",
+            )
+        )
+    return len(lost) - len(still)
+
+
+def _whole_day_failures(found: list[FetchFailure], open_days: list[dt.date]) -> set[dt.date]:
+    return {d for f in found if f.code is None for d in open_days if f.start <= d <= f.end}
+
+
+def _in(frame: pd.DataFrame, wanted: set[tuple[str, dt.date]]) -> list[bool]:
+    return [(c, d) in wanted for c, d in zip(frame["code"], frame["trade_date"], strict=True)]
+
+
+def _per_day(frame: pd.DataFrame | None) -> dict[dt.date, int]:
+    if frame is None or frame.empty:
+        return {}
+    return {d: int(n) for d, n in frame.groupby("trade_date").size().items()}
 
 
 def _raise_if_too_many_failures(report: SyncReport, max_failed_share: float) -> None:
@@ -194,7 +336,7 @@ def _raise_if_too_many_failures(report: SyncReport, max_failed_share: float) -> 
             f"{report.asset} {report.start}..{report.end}: "
             + (f"whole days could not be fetched ({days}); " if report.failed_days else "")
             + f"{len(report.failed_codes)} of {universe} stocks failed ({share:.1%} > "
-            f"max_failed_share {max_failed_share:.0%}). The rows that were fetched are written "
+            f"max_failed_share {max_failed_share:.1%}). The rows that were fetched are written "
             "and the failures are in sync_failure; the step fails so Dagster retries it."
         )
 

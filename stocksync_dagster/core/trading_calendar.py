@@ -1,13 +1,16 @@
 """The SSE/SZSE trading calendar: one source of truth for partitions, schedules and the demo market.
 
-Holidays come from the maintained `exchange_calendars` XSHG calendar. Days after its last
-known session are unknown to it: they are treated as weekdays (trading days) and the source's
-own calendar decides at run time (a closed day then materializes with zero rows).
+Holidays come from the maintained `exchange_calendars` XSHG calendar plus the closures the
+source publishes (the `trade_calendar` table), registered with `use_published_closures` when the
+definitions load. A day is a trading day only if both say it is open; days after the package's
+horizon with no published closure are treated as weekdays (trading days), and the source's own
+calendar decides at run time (a closed day then materializes with zero rows).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -15,6 +18,21 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 # Day D's data is final after the close; its partition key appears at this Shanghai time.
 CLOSE_SETTLED_HOUR = 18
 CALENDAR_FIRST_DAY = dt.date(2005, 1, 4)
+
+
+_published_closed: frozenset[dt.date] = frozenset()
+
+
+def use_published_closures(days: Iterable[dt.date]) -> None:
+    """Also treat these weekdays as closed: holidays the source published (`trade_calendar`),
+    e.g. a year the installed `exchange_calendars` does not know yet."""
+    global _published_closed
+    _published_closed = frozenset(days)
+
+
+def published_closures() -> frozenset[dt.date]:
+    """The closures registered with `use_published_closures`."""
+    return _published_closed
 
 
 @lru_cache(maxsize=1)
@@ -31,9 +49,20 @@ def calendar_last_known_day() -> dt.date:
     return _known_sessions()[1]
 
 
-def is_trading_day(day: dt.date) -> bool:
-    """True if the exchanges open on `day` (weekdays past the known calendar count as open)."""
+def package_says_open(day: dt.date) -> bool:
+    """What `exchange_calendars` alone says (weekdays past its horizon count as open)."""
     sessions, last_known = _known_sessions()
+    if day < CALENDAR_FIRST_DAY or day > last_known:
+        return day.weekday() < 5
+    return day in sessions
+
+
+def is_trading_day(day: dt.date) -> bool:
+    """True if the exchanges open on `day`: open per `exchange_calendars` and not a published
+    closure (weekdays past the known calendar count as open)."""
+    sessions, last_known = _known_sessions()
+    if day in _published_closed:
+        return False
     if day < CALENDAR_FIRST_DAY or day > last_known:
         return day.weekday() < 5
     return day in sessions

@@ -132,6 +132,7 @@ def day_metadata(
         "trade_date": figures.day.isoformat(),
         "market_open": figures.market_open,
         "failed_stocks": len(figures.failed_codes),
+        "suspended_stocks": report.suspended.get(figures.day, 0),
         "rejected_rows": len(figures.rejected),
     }
     if report.codes:

@@ -60,6 +60,11 @@ class MarketSourceResource(dg.ConfigurableResource, MarketSource):
             )
         return self._source
 
+    @property
+    def label(self) -> str:
+        """The engine's name (`baostock`, `tushare`, `demo`)."""
+        return self.source.label
+
     def trade_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Every calendar day in [start, end] with `is_open`."""
         return self.source.trade_calendar(start, end)

@@ -129,6 +129,7 @@ class FakeBaostockServer:
         self.requests: Counter[str] = Counter()  # method -> requests (pages count)
         self.logins = 0
         self._faults: list[Fault] = []
+        self.omitted: set[tuple[str, str]] = set()  # (sh.600000, YYYY-MM-DD) rows left out
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -196,6 +197,12 @@ class FakeBaostockServer:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self.omitted.clear()
+
+    def omit(self, code: str, day: dt.date) -> None:
+        """Leave out one stock's row of one day, silently (no error code): a lost row."""
+        with self._lock:
+            self.omitted.add((to_baostock(code), day.isoformat()))
 
     # ----- the market as baostock tables ----------------------------------------------------
     def _build_tables(self) -> None:
@@ -412,7 +419,13 @@ class FakeBaostockServer:
         lo = bisect.bisect_left(table["date"], start)
         hi = bisect.bisect_right(table["date"], end)
         columns = [table[n] for n in wanted]
-        return [[column[i] for column in columns] for i in range(lo, hi)]
+        with self._lock:
+            omitted = {day for bao, day in self.omitted if bao == code}
+        return [
+            [column[i] for column in columns]
+            for i in range(lo, hi)
+            if table["date"][i] not in omitted
+        ]
 
 
 def _malform(rows: list[list[str]], wanted: list[str], end: str) -> list[list[str]]:

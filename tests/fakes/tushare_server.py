@@ -7,7 +7,7 @@ The REAL `tushare` client talks to it: POST `{"api_name", "token", "params", "fi
 Behaviour tests can switch on: per-call latency, a per-token per-API rate limit (with the real
 refusal text), a row cap, valid tokens, tokens without permission, and one-off or persistent
 faults (`inject`): HTTP 500, hang (no reply), dropped connection, malformed rows, an error
-message echoing the token.
+message echoing the token, a short reply (every other row dropped, below the row cap).
 
     with FakeTushareServer(DemoMarket(50)) as server:
         source = TushareSource(["t1"], api_url=server.url)
@@ -38,7 +38,7 @@ NO_PERMISSION_MESSAGE = (
     "抱歉，您没有接口访问权限，权限的具体详情访问：https://tushare.pro/document/1?doc_id=108。"
 )
 BAD_TOKEN_MESSAGE = "您的token不对，请确认。"
-FAULT_KINDS = ("http500", "hang", "drop", "malformed", "error")
+FAULT_KINDS = ("http500", "hang", "drop", "malformed", "error", "short")
 _DAILY_FIELDS = [
     "ts_code",
     "trade_date",
@@ -260,6 +260,8 @@ class FakeTushareServer:
         items = items[: self.row_cap] if self.row_cap is not None else items
         if fault == "malformed":
             items = _malform(columns, items)
+        if fault == "short":  # a partial day below the cap, as sources publish when they lag
+            items = items[::2]
         record(fault or ("truncated" if truncated else "ok"), len(items))
         data = {"fields": columns, "items": items, "has_more": truncated}
         self._send(request, 200, {"request_id": "fake", "code": 0, "msg": "", "data": data})
@@ -305,6 +307,8 @@ class FakeTushareServer:
             return self._trade_cal(params)
         if api == "stock_basic":
             return self._stock_basic(params)
+        if api == "suspend_d":
+            return self._suspend_d(params)
         raise ValueError(f"unknown api_name {api!r}")
 
     def _range(self, params: Mapping[str, Any]) -> tuple[dt.date, dt.date]:
@@ -358,6 +362,18 @@ class FakeTushareServer:
             )
         ]
         return _DAILY_FIELDS, items
+
+    def _suspend_d(self, params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        start, end = self._range(params)
+        start = max(start, self.market.origin)
+        columns = ["ts_code", "trade_date", "suspend_timing", "suspend_type"]
+        if start > end or params.get("suspend_type", "S") != "S":
+            return columns, []
+        with self._market_lock:
+            frame = self.market.suspensions(start, end)
+        return columns, [
+            [c, _ymd(d), None, "S"] for c, d in zip(frame["code"], frame["trade_date"], strict=True)
+        ]
 
     def _trade_cal(self, params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         start, end = _day(params["start_date"]), _day(params["end_date"])

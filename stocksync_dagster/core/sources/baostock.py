@@ -32,6 +32,7 @@ from stocksync_dagster.core.sources.base import (
     BAR_COLUMNS,
     CALENDAR_COLUMNS,
     STOCK_BASIC_COLUMNS,
+    SUSPENSION_COLUMNS,
     FetchFailure,
     FetchResult,
     MarketSource,
@@ -90,6 +91,7 @@ def _day(text: str, field: str = "date") -> dt.date:
 class _Parsed:
     rows: list[tuple]
     traded_days: list[dt.date]
+    suspended_days: list[dt.date]
 
 
 def parse_bars(
@@ -102,7 +104,8 @@ def parse_bars(
 ) -> _Parsed:
     """Rows of `query_history_k_data_plus` for `code` -> normalised tuples in BAR_COLUMNS order.
 
-    Suspended rows (tradestatus "0") are dropped; unparseable rows go to `rejected`.
+    Suspended rows (tradestatus "0") become `suspended_days`, not bars; unparseable rows go to
+    `rejected`.
     """
     position = {name: i for i, name in enumerate(fields)}
     missing = [f for f in ("date", "code", "tradestatus") if f not in position]
@@ -110,7 +113,7 @@ def parse_bars(
         raise _Reject(f"reply lacks fields {missing}")
     wanted = [(column, position.get(field)) for column, field in _NUMERIC.items()]
     bao_code = to_baostock(code)
-    parsed, days, seen = [], [], set()
+    parsed, days, suspended, seen = [], [], [], set()
     for row in rows:
         try:
             if len(row) != len(fields):
@@ -144,10 +147,11 @@ def parse_bars(
             continue
         seen.add(day)
         if status == "0":
-            continue  # suspended: no row
+            suspended.append(day)  # suspended: no bar, a suspension
+            continue
         days.append(day)
         parsed.append((code, day, *values))
-    return _Parsed(parsed, days)
+    return _Parsed(parsed, days, suspended)
 
 
 def parse_factors(
@@ -419,14 +423,18 @@ class BaostockSource(MarketSource):
     ) -> FetchResult:
         universe = self._universe(start, end, codes)
         tasks = [Task(c, (self._bars_call(c, start, end, BAR_FIELDS),)) for c in universe]
+        suspensions: list[tuple[str, dt.date]] = []
 
         def parse(outcome: Outcome, rejected: list[RejectedRow]) -> list[tuple]:
             fields, raw = outcome.results[0]  # type: ignore[index]
             parsed = parse_bars(fields, raw, outcome.key, start, end, rejected)
             self._traded[outcome.key] = (start, end, parsed.traded_days)
+            suspensions.extend((outcome.key, day) for day in parsed.suspended_days)
             return parsed.rows
 
-        return self._fetch("bars", tasks, start, end, BAR_COLUMNS, parse)
+        result = self._fetch("bars", tasks, start, end, BAR_COLUMNS, parse)
+        result.suspensions = pd.DataFrame.from_records(suspensions, columns=SUSPENSION_COLUMNS)
+        return result
 
     def _cached_days(self, code: str, start: dt.date, end: dt.date) -> list[dt.date] | None:
         cached = self._traded.get(code)

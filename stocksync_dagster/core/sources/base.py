@@ -9,6 +9,8 @@ Normalised frames (the same whatever the source):
 - bars: `code`, `trade_date` (date), `open`, `high`, `low`, `close`, `pre_close` (CNY,
   unadjusted), `volume` (shares), `amount` (CNY), `pct_chg` (percent, 1.5 = +1.5%).
   Suspended stocks have no row.
+- suspensions: `code`, `trade_date`: listed stocks the source says did not trade that day
+  (baostock `tradestatus == "0"`, Tushare `suspend_d`); absent by design, never "missing".
 - adj_factor: `code`, `trade_date`, `adj_factor` (cumulative, hfq price = raw x factor)
 
 Fetches take date ranges: a range run makes one fetch for the whole range.
@@ -48,6 +50,7 @@ BAR_COLUMNS = [
     "pct_chg",
 ]
 ADJ_FACTOR_COLUMNS = ["code", "trade_date", "adj_factor"]
+SUSPENSION_COLUMNS = ["code", "trade_date"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class FetchResult:
     failures: list[FetchFailure] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     calls: int = 0
+    suspensions: pd.DataFrame | None = None
+    """(code, trade_date) the source says were suspended in the range; None = not reported
+    (factor fetches). Bar fetches of every source report them."""
 
     @property
     def failed_codes(self) -> set[str]:
@@ -110,6 +116,11 @@ class MarketSource(abc.ABC):
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
     ) -> FetchResult:
         """Cumulative adjustment factors, one per stock per traded day in [start, end]."""
+
+    @property
+    def label(self) -> str:
+        """The source's name as stored in the `source` columns (`baostock`, `tushare`, `demo`)."""
+        return self.name
 
     def check_connection(self) -> str:
         """Reach the source once; return a one-line description, raise SourceError if down."""

@@ -39,8 +39,12 @@ class DemoSource(MarketSource):
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
     ) -> FetchResult:
         start = max(start, self.market.origin)
-        frame = self.market.bars(start, end, list(codes) if codes is not None else None)
-        return FetchResult(frame=frame, calls=1)
+        wanted = list(codes) if codes is not None else None
+        return FetchResult(
+            frame=self.market.bars(start, end, wanted),
+            calls=1,
+            suspensions=self.market.suspensions(start, end, wanted),
+        )
 
     def adj_factors(
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None

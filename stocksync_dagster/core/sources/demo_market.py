@@ -3,6 +3,8 @@
 Everything is a pure function of (seed, number of stocks, origin): a day's values never depend
 on which range is asked for. It has what real data has: suspensions, IPOs, delistings, ST stocks,
 ex-dividend days with factor jumps, limit-up/down days and the real holiday trading_calendar.
+Moves follow the price limits in force at `origin` (`price_limits`); they stay within any later,
+wider limit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from stocksync_dagster.core import trading_calendar
-from stocksync_dagster.core.codes import board_of, price_limit_pct
+from stocksync_dagster.core.codes import board_of
+from stocksync_dagster.core.price_limits import limit_pct
 
 DEFAULT_ORIGIN = dt.date(2023, 1, 3)
 # (exchange, code prefixes, share of the market)
@@ -115,7 +118,7 @@ class DemoMarket:
         n = self.n_stocks
         limits = np.array(
             [
-                price_limit_pct(b, st) / 100
+                (limit_pct(b, st, self.origin) or 10.0) / 100
                 for b, st in zip(stocks["board"], stocks["is_st"], strict=True)
             ]
         )
@@ -248,6 +251,27 @@ class DemoMarket:
         days, rows, columns = self._slice(start, end, codes)
         return self._frame(days, rows, columns, ("adj_factor",))
 
+    def suspensions(
+        self, start: dt.date, end: dt.date, codes: list[str] | None = None
+    ) -> pd.DataFrame:
+        """(code, trade_date) of listed stocks that did not trade: the market's suspensions."""
+        days, rows, columns = self._slice(start, end, codes)
+        if not days:
+            return pd.DataFrame({"code": pd.Series(dtype=object), "trade_date": []})
+        ordinals = np.array([d.toordinal() for d in days])[:, None]
+        list_ord = np.array([d.toordinal() for d in self.stocks["list_date"]])[columns]
+        delist_ord = np.array(
+            [d.toordinal() if d is not None else 10**9 for d in self.stocks["delist_date"]]
+        )[columns]
+        listed = (list_ord[None, :] <= ordinals) & (ordinals < delist_ord[None, :])
+        day_index, stock_index = np.nonzero(listed & ~self._panel["traded"][rows][:, columns])
+        return pd.DataFrame(
+            {
+                "code": self.stocks["code"].to_numpy()[columns][stock_index],
+                "trade_date": np.array(days, dtype=object)[day_index],
+            }
+        )
+
     def _frame(
         self, days: list[dt.date], rows: slice, columns: np.ndarray, fields: tuple[str, ...]
     ) -> pd.DataFrame:
@@ -293,7 +317,7 @@ class DemoMarket:
         pct = self._panel["pct_chg"][rows]
         limits = np.array(
             [
-                price_limit_pct(b, st)
+                limit_pct(b, st, self.origin) or 10.0
                 for b, st in zip(self.stocks["board"], self.stocks["is_st"], strict=True)
             ]
         )

@@ -11,6 +11,10 @@ errors into empty frames), and a repair covers few days, so it costs the same nu
 A reply as long as the row cap is truncated: the day is fetched again per exchange with explicit
 `ts_code` lists (halved again if still at the cap). A day that still fails after `max_attempts`
 becomes a `FetchFailure(code=None)`; the other days carry on.
+
+A `daily` reply short of the expected universe (listed that day minus `suspend_d`'s suspensions)
+by more than `short_reply_tolerance` is a failed call too: it is retried; the best reply is
+kept after `max_attempts`, and the sync records the stocks still absent in `sync_failure`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from stocksync_dagster.core.sources import tushare_normalize as norm
 from stocksync_dagster.core.sources.base import (
     ADJ_FACTOR_COLUMNS,
     BAR_COLUMNS,
+    SUSPENSION_COLUMNS,
     FetchFailure,
     FetchResult,
     MarketSource,
@@ -48,6 +53,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROW_CAP = 6000
 _MAX_BACKOFF_SECONDS = 60.0
 _EXCHANGES = {"SH": "SSE", "SZ": "SZSE", "BJ": "BSE"}
+SUSPEND_FIELDS = ("ts_code", "trade_date", "suspend_type")
+DEFAULT_SHORT_REPLY_TOLERANCE = 0.001  # share of the expected stocks a day reply may lack
 DayNormalizer = Callable[[pd.DataFrame, dt.date], tuple[pd.DataFrame, list[RejectedRow]]]
 
 
@@ -66,6 +73,7 @@ class _DayResult:
     rejected: list[RejectedRow] = field(default_factory=list)
     failure: FetchFailure | None = None
     calls: int = 0
+    suspended: list[str] = field(default_factory=list)
 
 
 class TushareSource(MarketSource):
@@ -78,6 +86,8 @@ class TushareSource(MarketSource):
     `row_cap`: replies this long are truncated and get split. `workers`: concurrent calls
     (default 4 per token). `rate_limit_pause_seconds`: first pause of a token the server
     refused for rate (doubles per refusal). `rate_window_seconds`: the limiter's window (tests).
+    `short_reply_tolerance`: share of the expected stocks a `daily` reply may lack before it is
+    retried as a failed call.
     """
 
     name = "tushare"
@@ -95,6 +105,7 @@ class TushareSource(MarketSource):
         workers: int | None = None,
         rate_limit_pause_seconds: float = 5.0,
         rate_window_seconds: float = 60.0,
+        short_reply_tolerance: float = DEFAULT_SHORT_REPLY_TOLERANCE,
     ) -> None:
         import tushare  # slow import (~0.5 s): only when the source is used
 
@@ -109,6 +120,7 @@ class TushareSource(MarketSource):
         self.backoff_seconds = backoff_seconds
         self.call_timeout_seconds = call_timeout_seconds
         self.row_cap = row_cap
+        self.short_reply_tolerance = short_reply_tolerance
         self.workers = workers or min(32, 4 * len(tokens))
 
         def make_client(token: str) -> Any:
@@ -241,6 +253,12 @@ class TushareSource(MarketSource):
             frame = frame[frame["code"].isin(wanted)]
             rejected = [row for row in rejected if row.code in wanted]
         frame = frame.sort_values(["trade_date", "code"], kind="stable").reset_index(drop=True)
+        suspensions = pd.DataFrame.from_records(
+            [(code, day) for day, r in zip(days, results, strict=True) for code in r.suspended],
+            columns=SUSPENSION_COLUMNS,
+        )
+        if codes is not None:
+            suspensions = suspensions[suspensions["code"].isin(set(codes))]
         failures = [r.failure for r in results if r.failure is not None]
         for failure in failures:
             logger.warning("tushare %s %s: %s", api, failure.start, failure.message)
@@ -251,6 +269,7 @@ class TushareSource(MarketSource):
             failures=failures,
             rejected=rejected,
             calls=sum(r.calls for r in results) + counter.calls,
+            suspensions=suspensions.reset_index(drop=True) if api == "daily" else None,
         )
 
     def _fetch_day(
@@ -258,13 +277,77 @@ class TushareSource(MarketSource):
     ) -> _DayResult:
         result = _DayResult()
         try:
-            raw = self._day_raw(api, fields, day, result)
+            if api == "daily":
+                raw = self._full_day_raw(api, fields, day, result)
+            else:
+                raw = self._day_raw(api, fields, day, result)
             result.frame, result.rejected = normalize(raw, day)
         except _CallFailedError as exc:
             result.failure = FetchFailure(None, day, day, exc.error_class, str(exc), exc.attempts)
         except norm.MalformedReplyError as exc:
             result.failure = FetchFailure(None, day, day, "MalformedReply", str(exc), 1)
         return result
+
+    def _full_day_raw(
+        self, api: str, fields: tuple[str, ...], day: dt.date, result: _DayResult
+    ) -> pd.DataFrame:
+        """A `daily` day checked against the expected universe; a short reply is retried.
+
+        Sets `result.suspended`: stocks `suspend_d` lists that have no bar (an intraday halt
+        still has a bar, so it is not a suspension here).
+        """
+        suspended = self._suspended_codes(day, result)
+        expected = self._listed_codes(day, result) - suspended
+        raw = self._day_raw(api, fields, day, result)
+        attempts = 1
+        while True:
+            absent = expected - set(raw["ts_code"].dropna().astype(str)) if len(raw) else expected
+            short = len(absent) > self.short_reply_tolerance * len(expected)
+            if not short or attempts >= self.max_attempts:
+                break
+            delay = self._backoff(attempts)
+            logger.warning(
+                "tushare %s %s: short reply, %d of %d expected stocks absent; retry in %.2f s",
+                api,
+                day,
+                len(absent),
+                len(expected),
+                delay,
+            )
+            time.sleep(delay)
+            again = self._day_raw(api, fields, day, result)
+            attempts += 1
+            if len(again) > len(raw):
+                raw = again
+        if short:
+            logger.warning(
+                "tushare %s %s: still %d of %d expected stocks absent after %d attempts; they "
+                "are recorded as sync failures",
+                api,
+                day,
+                len(absent),
+                len(expected),
+                attempts,
+            )
+        traded = set(raw["ts_code"].dropna().astype(str)) if len(raw) else set()
+        result.suspended = sorted(suspended - traded)
+        return raw
+
+    def _suspended_codes(self, day: dt.date, result: _DayResult) -> set[str]:
+        raw = self._call(
+            "suspend_d",
+            SUSPEND_FIELDS,
+            result,
+            f"suspend_d {day}",
+            expect_rows=False,
+            trade_date=norm.ymd(day),
+            suspend_type="S",
+        )
+        if len(raw) >= self.row_cap:
+            raise _CallFailedError("Truncated", f"suspend_d {day}: reply at the row cap", 1)
+        if not len(raw):
+            return set()
+        return {c.strip().upper() for c in raw["ts_code"].dropna().astype(str)}
 
     def _day_raw(
         self, api: str, fields: tuple[str, ...], day: dt.date, result: _DayResult

@@ -7,19 +7,20 @@ deciding pass / fail and writing metadata is the checks' job (`stocksync_dagster
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 from collections.abc import Sequence
 
 import pandas as pd
 import sqlalchemy as sa
 
-from stocksync_dagster.core.codes import board_of, is_valid_code, price_limit_pct
+from stocksync_dagster.core import price_limits
+from stocksync_dagster.core.codes import board_of, is_valid_code
 from stocksync_dagster.core.warehouse.failures import OPEN_STATUSES
 from stocksync_dagster.core.warehouse.schema import (
     adj_factor,
     daily_bar,
     stock_basic,
+    suspension,
     sync_failure,
     trade_calendar,
 )
@@ -28,8 +29,6 @@ from stocksync_dagster.core.warehouse.schema import (
 PRICE_TICK = 0.01
 # pct_chg is rounded by the source (2 to 6 decimals): tolerance in percentage points.
 PCT_CHG_TOLERANCE = 0.05
-# IPO days without (or with wider) price limits: the listing day and the 4 trading days after.
-IPO_UNLIMITED_DAYS = 5
 # Relative change of adj_factor below this is rounding, not an ex-right event.
 FACTOR_TOLERANCE = 1e-6
 # How far back the factor check looks for a stock's previous bar (suspensions up to this long).
@@ -113,41 +112,52 @@ def _listed_on(day: sa.ColumnElement) -> sa.ColumnElement:
 def completeness(
     connection: sa.Connection, start: dt.date | None, end: dt.date | None
 ) -> pd.DataFrame:
-    """Per open day: stocks listed that day (per `stock_basic`) and how many of them have a bar.
+    """Per open day: the expected universe (listed per `stock_basic` minus `suspension`) vs bars.
 
-    Columns `trade_date, listed, with_bars, share`. Suspensions are not in `stock_basic`, so a
-    complete day still has `share` a little below 1.
+    Columns `trade_date, listed, suspended, expected, present, missing, share` where
+    `expected = listed - suspended`, `present` counts expected stocks with a bar, `missing` the
+    expected ones without, `share = present / expected` (1.0 when nothing is expected).
     """
-    c, s, b = trade_calendar.c, stock_basic.c, daily_bar.c
+    c, s, b, p = trade_calendar.c, stock_basic.c, daily_bar.c, suspension.c
+    no_bar = b.code.is_(None)
+    suspended = sa.and_(no_bar, p.code.is_not(None))
     query = (
         sa.select(
             c.cal_date.label("trade_date"),
             sa.func.count(s.code).label("listed"),
-            sa.func.count(b.code).label("with_bars"),
+            sa.func.sum(sa.case((suspended, 1), else_=0)).label("suspended"),
+            sa.func.count(b.code).label("present"),
+            sa.func.sum(sa.case((sa.and_(no_bar, p.code.is_(None)), 1), else_=0)).label("missing"),
         )
         .select_from(
-            trade_calendar.join(stock_basic, _listed_on(c.cal_date)).outerjoin(
-                daily_bar, sa.and_(b.code == s.code, b.trade_date == c.cal_date)
-            )
+            trade_calendar.join(stock_basic, _listed_on(c.cal_date))
+            .outerjoin(daily_bar, sa.and_(b.code == s.code, b.trade_date == c.cal_date))
+            .outerjoin(suspension, sa.and_(p.code == s.code, p.trade_date == c.cal_date))
         )
         .where(c.is_open, _in_scope(c.cal_date, start, end))
         .group_by(c.cal_date)
         .order_by(c.cal_date)
     )
-    frame = pd.DataFrame(
-        connection.execute(query).all(), columns=["trade_date", "listed", "with_bars"]
-    )
+    columns = ["trade_date", "listed", "suspended", "present", "missing"]
+    frame = pd.DataFrame(connection.execute(query).all(), columns=columns)
+    for column in columns[1:]:
+        frame[column] = frame[column].fillna(0).astype(int)
     frame["trade_date"] = frame["trade_date"].map(_to_date)
-    frame["share"] = (frame["with_bars"] / frame["listed"].where(frame["listed"] > 0)).fillna(1.0)
+    frame.insert(3, "expected", frame["listed"] - frame["suspended"])
+    expected = frame["expected"].where(frame["expected"] > 0)
+    frame["share"] = (frame["present"] / expected).fillna(1.0)
     return frame
 
 
-def listed_without_bars(connection: sa.Connection, day: dt.date) -> list[str]:
-    """Codes listed on `day` (per `stock_basic`) that have no bar that day, sorted."""
-    s, b = stock_basic.c, daily_bar.c
+def missing_codes(connection: sa.Connection, day: dt.date) -> list[str]:
+    """Codes expected on `day` (listed per `stock_basic`, not in `suspension`) without a bar."""
+    s, b, p = stock_basic.c, daily_bar.c, suspension.c
     has_bar = sa.exists().where(b.code == s.code, b.trade_date == day)
+    is_suspended = sa.exists().where(p.code == s.code, p.trade_date == day)
     rows = connection.execute(
-        sa.select(s.code).where(_listed_on(sa.literal(day, sa.Date)), ~has_bar).order_by(s.code)
+        sa.select(s.code)
+        .where(_listed_on(sa.literal(day, sa.Date)), ~has_bar, ~is_suspended)
+        .order_by(s.code)
     )
     return [code for (code,) in rows]
 
@@ -167,29 +177,18 @@ def open_failures(connection: sa.Connection, asset: str) -> pd.DataFrame:
 
 
 # ----- OHLC sanity -------------------------------------------------------------------------
-def _limit_pct_expression(connection: sa.Connection) -> sa.ColumnElement:
-    """The board's daily limit in percent as SQL, from `codes.price_limit_pct` (NULL if unknown)."""
-    s = stock_basic.c
-    kinds = connection.execute(sa.select(s.board, s.is_st).distinct()).all()
-    whens = [
-        (
-            sa.and_(s.board == board, s.is_st.is_(True) if is_st else s.is_st.is_(False)),
-            sa.literal(price_limit_pct(board, bool(is_st))),
-        )
-        for board, is_st in kinds
-    ]
-    return sa.case(*whens, else_=sa.null()) if whens else sa.null()
-
-
 def ohlc_violations(
     connection: sa.Connection, start: dt.date | None, end: dt.date | None
 ) -> pd.DataFrame:
-    """Bars breaking a sanity rule (the first one that applies), IPO days exempt from limits.
+    """Bars breaking a sanity rule (the first one that applies).
 
-    Columns `trade_date, code, rule, open, high, low, close, pre_close, volume, pct_chg, limit`.
+    The price limit is the one in force on the bar's day for the stock's board and status
+    (`price_limits`); the first days after the listing date are exempt. SQL selects every
+    move beyond the narrowest limit; the rule of the day decides. Columns `trade_date, code,
+    rule, open, high, low, close, pre_close, volume, pct_chg, limit`.
     """
-    b = daily_bar.c
-    limit = _limit_pct_expression(connection)
+    b, s = daily_bar.c, stock_basic.c
+    narrowest = min(rule.pct for rule in price_limits.LIMIT_RULES)
     move = sa.func.abs(b.close - b.pre_close)
     rules = [
         (
@@ -209,7 +208,7 @@ def ohlc_violations(
         ),
         (
             "move beyond the price limit",
-            sa.and_(b.pre_close > 0, move > b.pre_close * limit / 100 + PRICE_TICK),
+            sa.and_(b.pre_close > 0, move > b.pre_close * narrowest / 100 + PRICE_TICK),
         ),
     ]
     query = (
@@ -224,8 +223,9 @@ def ohlc_violations(
             b.pre_close,
             b.volume,
             b.pct_chg,
-            limit.label("limit_pct"),
-            stock_basic.c.list_date,
+            s.board,
+            s.is_st,
+            s.list_date,
         )
         .select_from(daily_bar.outerjoin(stock_basic, stock_basic.c.code == b.code))
         .where(_in_scope(b.trade_date, start, end), sa.or_(*[cond for _, cond in rules]))
@@ -242,29 +242,39 @@ def ohlc_violations(
         "pre_close",
         "volume",
         "pct_chg",
-        "limit",
+        "board",
+        "is_st",
         "list_date",
     ]
     frame = pd.DataFrame(connection.execute(query).all(), columns=columns)
     frame["trade_date"] = frame["trade_date"].map(_to_date)
+    frame["limit"] = [
+        price_limits.limit_pct(board, bool(is_st), day) if board is not None else None
+        for board, is_st, day in zip(
+            frame["board"], frame["is_st"], frame["trade_date"], strict=True
+        )
+    ]
     if len(frame):
-        frame = frame[~_ipo_exempt(connection, frame)]
-    return frame.drop(columns="list_date").reset_index(drop=True)
+        frame = frame[_breaks_its_limit(frame)]
+    return frame.drop(columns=["board", "is_st", "list_date"]).reset_index(drop=True)
 
 
-def _ipo_exempt(connection: sa.Connection, frame: pd.DataFrame) -> pd.Series:
-    """Limit breaches within the first IPO_UNLIMITED_DAYS open days from the list date."""
-    days = open_days(connection, None, None)
+def _breaks_its_limit(frame: pd.DataFrame) -> pd.Series:
+    """False for limit candidates within the day's limit, or on an IPO day without a limit."""
 
-    def exempt(row: pd.Series) -> bool:
-        if row["rule"] != "move beyond the price limit" or row["list_date"] is None:
+    def keep(row: pd.Series) -> bool:
+        if row["rule"] != "move beyond the price limit":
+            return True
+        if row["limit"] is None or pd.isna(row["limit"]):
+            return False  # an unknown board has no limit to break
+        listed = _to_date(row["list_date"]) if row["list_date"] is not None else None
+        if price_limits.within_ipo_window(row["board"], listed, row["trade_date"]):
             return False
-        listed = _to_date(row["list_date"])
-        first = bisect.bisect_left(days, listed)
-        nth = bisect.bisect_right(days, row["trade_date"])
-        return nth - first <= IPO_UNLIMITED_DAYS
+        return abs(row["close"] - row["pre_close"]) > row["pre_close"] * row["limit"] / 100 + (
+            PRICE_TICK
+        )
 
-    return frame.apply(exempt, axis=1).astype(bool)
+    return frame.apply(keep, axis=1).astype(bool)
 
 
 # ----- adjustment factors ------------------------------------------------------------------

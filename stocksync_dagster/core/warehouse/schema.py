@@ -55,6 +55,16 @@ adj_factor = sa.Table(
     comment="Cumulative adjustment factor: hfq price = raw x adj_factor",
 )
 
+suspension = sa.Table(
+    "suspension",
+    metadata,
+    sa.Column("code", sa.String(12), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False, comment="baostock, tushare or demo"),
+    sa.Index("ix_suspension_trade_date", "trade_date"),
+    comment="Listed stocks the source says were suspended that day: no daily_bar row by design",
+)
+
 FAILURE_STATUSES = ("pending", "retrying", "resolved", "abandoned")
 WHOLE_DAY = "*"  # sync_failure.code when a whole day (not one stock) could not be fetched
 

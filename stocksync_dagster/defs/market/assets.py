@@ -5,7 +5,15 @@ from typing import Any
 import dagster as dg
 
 from stocksync_dagster.core import trading_calendar
-from stocksync_dagster.core.sync import ADJ_FACTOR, DAILY_BARS, MarketDataset, sync_market_range
+from stocksync_dagster.core.codes import is_valid_code
+from stocksync_dagster.core.errors import ConfigError
+from stocksync_dagster.core.sync import (
+    ADJ_FACTOR,
+    DAILY_BARS,
+    DEFAULT_MAX_FAILED_SHARE,
+    MarketDataset,
+    sync_market_range,
+)
 from stocksync_dagster.core.warehouse import schema
 from stocksync_dagster.defs.market.automation import GAP_FILL
 from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
@@ -17,16 +25,36 @@ MARKET_GROUP = "market"
 
 
 class MarketSyncConfig(dg.Config):
-    """Run settings for a market sync (editable in the Launchpad)."""
+    """Run settings for a market sync (editable in the Launchpad).
+
+    Checked before anything is fetched (`check`): numbers against their ranges, `codes` for
+    their form here and against `stock_basic` by the sync; a bad value fails the run at once,
+    without retries, in one line naming the setting.
+    """
 
     lookback_days: int = 0
-    """Also re-fetch this many trading days before the partition (late or partial data heals)."""
+    """Also re-fetch this many trading days before the partition (0-250; late data heals)."""
     codes: list[str] | None = None
     """Only these stocks (repairs of `sync_failure`); empty = the whole market."""
-    max_failed_share: float = 0.05
-    """Fail the step (so it is retried) when more than this share of stocks could not be fetched."""
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE
+    """Fail the step (so it is retried) when more than this share (0-1) of stocks could not be
+    fetched (0.01: a success needs 99% of the expected stocks; the rest are in sync_failure)."""
     max_retries: int = 5
-    """A stock failing this many times in a row is marked `abandoned` in `sync_failure`."""
+    """A stock failing this many times in a row is marked `abandoned` in `sync_failure` (1-100)."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first setting out of range or the malformed codes."""
+        for name, low, high in (
+            ("lookback_days", 0, 250),
+            ("max_failed_share", 0, 1),
+            ("max_retries", 1, 100),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(name, f"{value} is not in [{low}, {high}]")
+        malformed = [c for c in self.codes or [] if not is_valid_code(c)]
+        if malformed:
+            raise ConfigError("codes", f"not in 600000.SH form: {', '.join(malformed)}")
 
 
 def _sync(
@@ -36,6 +64,10 @@ def _sync(
     source: MarketSourceResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    try:
+        config.check()
+    except ConfigError as exc:  # a retry cannot fix the run's own config
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     days = keys_to_dates(context.partition_keys)
     start, end = days[0], days[-1]
     for _ in range(config.lookback_days):
@@ -44,16 +76,19 @@ def _sync(
     context.log.info(
         f"{dataset.asset}: fetching {start}..{end} ({len(days)} partitions) for {scope}"
     )
-    report = sync_market_range(
-        dataset,
-        source,
-        warehouse.get(),
-        start,
-        end,
-        config.codes,
-        config.max_failed_share,
-        config.max_retries,
-    )
+    try:
+        report = sync_market_range(
+            dataset,
+            source,
+            warehouse.get(),
+            start,
+            end,
+            config.codes,
+            config.max_failed_share,
+            config.max_retries,
+        )
+    except ConfigError as exc:  # a retry cannot fix the run's own config
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     context.log.info(
         f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
         f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write; "

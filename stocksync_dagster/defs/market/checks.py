@@ -12,7 +12,7 @@ import pydantic
 
 from stocksync_dagster.checks import Evaluator, evaluate_selected
 from stocksync_dagster.checks.calendar_gaps import evaluate_missing_days
-from stocksync_dagster.checks.completeness import evaluate_completeness
+from stocksync_dagster.checks.completeness import DEFAULT_MIN_SHARE, evaluate_completeness
 from stocksync_dagster.checks.factors import evaluate_factor_consistency, evaluate_factor_coverage
 from stocksync_dagster.checks.failures import evaluate_open_failures
 from stocksync_dagster.checks.freshness import DEFAULT_DEADLINE, evaluate_freshness
@@ -45,10 +45,9 @@ class MarketChecksConfig(dg.Config):
 class DailyBarsChecksConfig(MarketChecksConfig):
     """Settings of the daily_bars checks (editable in the Launchpad)."""
 
-    min_share: float = pydantic.Field(default=0.9, gt=0, le=1)
-    """complete_per_day: a day fails below this share of listed stocks with a bar.
-    `stock_basic` does not know suspensions (usually 0.5-2% of the market, far more in a crisis
-    such as July 2015), so 1.0 would fail every day; 0.9 catches a lost batch of stocks."""
+    min_share: float = pydantic.Field(default=DEFAULT_MIN_SHARE, gt=0, le=1)
+    """complete_per_day: a day fails (ERROR) below this share of its expected stocks (listed
+    that day minus the source's suspensions) with a bar; any other missing stock is a WARN."""
 
 
 def _history_specs(asset: dg.AssetKey) -> list[dg.AssetCheckSpec]:
@@ -119,9 +118,10 @@ def _history_evaluators(
             asset=DAILY_BARS,
             additional_deps=["stock_basic"],
             description=(
-                "Each day of the run (all history when run alone) has bars for at least "
-                "`min_share` (default 90%) of the stocks stock_basic lists that day; failing days "
-                "list missing codes."
+                "Each day of the run (all history when run alone) has a bar for every expected "
+                "stock: listed that day (stock_basic) and not suspended (table suspension). "
+                "ERROR below `min_share` (default 99%), WARN for fewer missing; per day expected "
+                "/ present / suspended / missing counts and the missing codes (first 50)."
             ),
         ),
         dg.AssetCheckSpec(

@@ -1,4 +1,10 @@
-"""The repair sensor (补拉): re-fetch only the stocks open in `sync_failure`, on their dates."""
+"""The repair sensor (补拉): audit the warehouse, then re-fetch only what is open in `sync_failure`.
+
+Each tick first reads the data: every materialized `daily_bars` day is compared with its
+expected universe (listed minus suspended), and what is absent (rows deleted, half a day, a day
+lost long before the nightly look-back) is recorded in `sync_failure`. The same tick requests
+the repairs, so a hole is healed by the next evaluation with no command typed.
+"""
 
 import datetime as dt
 from collections.abc import Sequence
@@ -8,6 +14,7 @@ import dagster as dg
 import pandas as pd
 
 from stocksync_dagster.core import trading_calendar
+from stocksync_dagster.core.warehouse.audit import audit_daily_bars
 from stocksync_dagster.core.warehouse.failures import DEFAULT_MAX_RETRIES, open_failures
 from stocksync_dagster.core.warehouse.schema import WHOLE_DAY
 from stocksync_dagster.defs.market.jobs import (
@@ -24,6 +31,7 @@ REPAIR_TRIGGER = "repair-sensor"
 REPAIR_ASSET_TAG = "stocksync/repair_asset"
 MAX_ATTEMPTS = DEFAULT_MAX_RETRIES  # then a row is `abandoned`
 MAX_RUNS_PER_TICK = 3
+AUDITED = dg.AssetKey("daily_bars")  # factors arrive late by nature: their checks cover them
 UNFINISHED = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -133,20 +141,37 @@ def busy_repair_assets(instance: dg.DagsterInstance) -> set[str | None]:
     job=market_sync,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="补拉: every 5 minutes, re-fetches only the stocks open (pending / retrying) in "
-    "sync_failure, on their dates, as market_sync range runs (whole-day failures re-fetch the "
-    f"market). Each failed attempt counts; after {MAX_ATTEMPTS} a row is abandoned and no longer "
-    "requested (`stocksync failures --status abandoned` lists them, `stocksync failures retry` "
-    "re-opens them).",
+    description="补拉: every 5 minutes, first audits every materialized daily_bars day against "
+    "its expected universe (listed minus suspended) and records what is absent (deleted or "
+    "half-written days) in sync_failure; then re-fetches only the stocks open (pending / "
+    "retrying) there, on their dates, as market_sync range runs (a day with no bar at all "
+    f"re-fetches the market). Each failed attempt counts; after {MAX_ATTEMPTS} a row is "
+    "abandoned and no longer requested (`stocksync failures --status abandoned` lists them, "
+    "`stocksync failures retry` re-opens them).",
 )
 def repair_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult:
-    """Re-fetches the stocks open (pending/retrying) in sync_failure, only on their dates.
+    """Audits the warehouse, then re-fetches what is open in sync_failure, only on its dates.
 
     Each failed attempt raises the rows' retry_count; at `MAX_ATTEMPTS` they become
     `abandoned` and are not requested again until `stocksync failures retry` re-opens them.
     """
+    materialized = context.instance.get_materialized_partitions(AUDITED)
+    with warehouse.get().begin() as connection:
+        audit = audit_daily_bars(
+            connection,
+            AUDITED.to_user_string(),
+            [dt.date.fromisoformat(key) for key in materialized],
+            MAX_ATTEMPTS,
+        )
+    if audit.found:
+        context.log.warning(
+            f"audit: {len(audit.empty_days)} materialized days without any bar "
+            f"({', '.join(map(str, audit.empty_days[:10]))}), {len(audit.short_days)} days "
+            f"missing expected stocks ({', '.join(map(str, list(audit.short_days)[:10]))}); "
+            f"{audit.recorded} new sync_failure rows"
+        )
     with warehouse.get().connect() as connection:
         frame = open_failures(connection)
         abandoned = open_failures(connection, statuses=("abandoned",))

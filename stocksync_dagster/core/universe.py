@@ -1,0 +1,65 @@
+"""The expected universe of a day: stocks listed that day minus the suspended ones.
+
+A stock in the expected universe without a bar is lost data (a sync failure), never silence; a
+suspended stock without a bar is what the market did (a `suspension` row).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from stocksync_dagster.core.codes import is_valid_code
+from stocksync_dagster.core.errors import ConfigError
+
+
+def listed_on(basic: pd.DataFrame, day: dt.date) -> set[str]:
+    """Codes of `stock_basic` listed on `day`: list_date <= day < delist_date."""
+    if basic.empty:
+        return set()
+    listed = basic["list_date"].map(lambda d: d is not None and not pd.isna(d) and d <= day)
+    alive = basic["delist_date"].map(lambda d: d is None or pd.isna(d) or d > day)
+    return set(basic.loc[listed & alive, "code"])
+
+
+def pairs(frame: pd.DataFrame | None) -> set[tuple[str, dt.date]]:
+    """(code, trade_date) of a frame with those columns."""
+    if frame is None or frame.empty:
+        return set()
+    return set(zip(frame["code"], frame["trade_date"], strict=True))
+
+
+def expected_absent(
+    basic: pd.DataFrame,
+    days: Iterable[dt.date],
+    present: set[tuple[str, dt.date]],
+    suspended: set[tuple[str, dt.date]],
+    codes: Sequence[str] | None = None,
+) -> dict[dt.date, list[str]]:
+    """Per day, the codes listed and not suspended that have no row in `present` (sorted)."""
+    wanted = set(codes) if codes is not None else None
+    absent: dict[dt.date, list[str]] = {}
+    for day in days:
+        expected = listed_on(basic, day)
+        if wanted is not None:
+            expected &= wanted
+        lost = sorted(c for c in expected if (c, day) not in present and (c, day) not in suspended)
+        if lost:
+            absent[day] = lost
+    return absent
+
+
+def check_codes(codes: Sequence[str], basic: pd.DataFrame) -> None:
+    """Raise ConfigError naming every code that is malformed or unknown to `stock_basic`."""
+    malformed = [c for c in codes if not is_valid_code(c)]
+    known = set(basic["code"]) if not basic.empty else set()
+    unknown = [c for c in codes if is_valid_code(c) and c not in known]
+    if malformed or unknown:
+        problems = []
+        if malformed:
+            problems.append(f"not in 600000.SH form: {', '.join(malformed)}")
+        if unknown:
+            problems.append(f"not in stock_basic: {', '.join(unknown)}")
+        raise ConfigError("codes", "; ".join(problems), "fix the run config's codes list")
