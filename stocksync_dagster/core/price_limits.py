@@ -6,7 +6,10 @@ same board and status. Sources (exchange rules and notices):
 - Main board 10%: SSE/SZSE price-limit rule in force since 1996-12-16 (涨跌幅限制 10%).
 - Main-board risk-warning (ST / *ST) stocks 5% from the special-treatment regime of 1998; raised
   to 10% by the SSE and SZSE notices "关于调整主板风险警示股票价格涨跌幅限制比例及有关事项的
-  通知" (consultation draft published 2025-06-27), effective 2025-07-07.
+  通知" (consultation draft published 2025-06-27, reported by Xinhua and China News Service),
+  effective 2025-07-07 per the final notice. The draft's date is confirmed by those reports; the
+  effective date is not (check it against the exchanges' notice and change this one row if
+  needed).
 - ChiNext 10% (ST 5%) until the registration reform; 20% for every ChiNext stock, ST included,
   from the first trading day under the reformed rules, 2020-08-24 (深交所《创业板交易特别规定》).
 - STAR Market 20% from its first trading day, 2019-07-22 (上交所《科创板股票交易特别规定》).
