@@ -13,8 +13,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.warehouse import Warehouse, schema
 from stocksync_dagster.core.warehouse.failures import FailureFilter, list_failures, reopen_failures
+from stocksync_dagster.core.warehouse.upsert import upsert_frame
 from stocksync_dagster.defs.market.repair import repair_sensor
 from stocksync_dagster.resources import WarehouseResource
 from tests.orchestration import build_defs
@@ -220,14 +222,18 @@ def test_open_failures_check_names_the_newest_rows_and_the_desk_commands(sqlite_
 
 def test_retry_now_launches_the_repair_run_at_once(sqlite_url: str, tmp_path: Path) -> None:
     day = dt.date(2025, 8, 5)
+    # The repair run checks its codes against stock_basic: the CLI's demo market's master.
+    master = DemoSource().stock_basic()
+    code = master[(master["status"] == "listed") & (master["list_date"] < day)]["code"].iloc[0]
     with Warehouse(sqlite_url).begin() as connection:
+        upsert_frame(connection, schema.stock_basic, master)
         connection.execute(
             sa.insert(schema.sync_failure),
             [
                 {
                     "asset": "daily_bars",
                     "trade_date": day,
-                    "code": "600000.SH",
+                    "code": code,
                     "error_class": "SourceError",
                     "error": "gave up",
                     "retry_count": 5,
@@ -239,7 +245,7 @@ def test_retry_now_launches_the_repair_run_at_once(sqlite_url: str, tmp_path: Pa
         )
     home = tmp_path / "dagster"
     result = stocksync(
-        ["failures", "retry", "--code", "600000.SH", "--now"],
+        ["failures", "retry", "--code", code, "--now"],
         tmp_path,
         STOCKSYNC_DATABASE_URL=sqlite_url,
         STOCKSYNC_START_DATE="2025-08-01",

@@ -187,6 +187,10 @@ class FakeTushareServer:
             self._faults.append(fault)
         return fault
 
+    def remove_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.remove(fault)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
