@@ -3,9 +3,7 @@
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from stocksync_dagster.core.alerts import Alert, send_alert, webhook_format
 from stocksync_dagster.core.settings import Settings, current_settings
 from stocksync_dagster.defs.health.alerts import failure_alert_sensor
+from tests.fakes.webhook_receiver import Receiver, running_receiver
 from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
 ALERT = Alert(
@@ -25,37 +24,10 @@ ALERT = Alert(
 )
 
 
-class Receiver(ThreadingHTTPServer):
-    received: list[tuple[str, dict]]
-    answer: dict
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.received.append((self.path, json.loads(body)))
-        data = json.dumps(self.server.answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver(("127.0.0.1", 0), Handler)
-    server.received, server.answer = [], {"errcode": 0, "errmsg": "ok"}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_receiver() as server:
+        yield server
 
 
 def base(server: Receiver) -> str:

@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
 from email import message_from_bytes
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +24,7 @@ from stocksync_dagster.core.warehouse import Warehouse, schema
 from stocksync_dagster.defs.health import health_alerts
 from stocksync_dagster.defs.health.health_alerts import health_alert_sensor
 from stocksync_dagster.resources import WarehouseResource
-from tests.fakes.webhook_receiver import Handler, Receiver
+from tests.fakes.webhook_receiver import Receiver, running_receiver
 from tests.orchestration import DownSourceResource, build_defs, materialize_range
 
 TOKEN = "tok-SECRET-123456"
@@ -35,13 +34,8 @@ CHECK = dg.AssetCheckKey(dg.AssetKey("daily_bars"), "ohlc_sanity")
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver(("127.0.0.1", 0), Handler)
-    server.received, server.answer = [], {"errcode": 0, "errmsg": "ok"}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_receiver() as server:
+        yield server
 
 
 def hook(server: Receiver, path: str = "/hook/abc") -> str:

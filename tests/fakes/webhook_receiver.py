@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -28,3 +31,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A receiver on a free loopback port, answering DingTalk/WeCom's `errcode: 0`."""
+    server = Receiver(("127.0.0.1", 0), Handler)
+    server.received, server.answer = [], {"errcode": 0, "errmsg": "ok"}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -45,6 +45,19 @@ def _request(
     )
 
 
+def _that_trading_day(
+    context: dg.ScheduleEvaluationContext, trigger: str
+) -> dg.RunRequest | dg.SkipReason:
+    """The tick's own day, if it is a trading day from STOCKSYNC_START_DATE on and needs a run."""
+    settings = current_settings()
+    day = context.scheduled_execution_time.astimezone(trading_calendar.SHANGHAI).date()
+    if not trading_calendar.is_trading_day(day):
+        return dg.SkipReason(f"{day} ({day:%A}) is not a trading day")
+    if day < settings.start_date:
+        return dg.SkipReason(f"{day} is before STOCKSYNC_START_DATE {settings.start_date}")
+    return _request(context, day, settings.lookback_days, f"{trigger}:{day}", trigger)
+
+
 # The cron strings are fixed when the definitions load (STOCKSYNC_NIGHTLY_AT / _CATCHUP_AT).
 _times = current_settings()
 
@@ -64,13 +77,7 @@ def nightly_sync_schedule(
     context: dg.ScheduleEvaluationContext,
 ) -> dg.RunRequest | dg.SkipReason:
     """After the close on each trading day: that day's calendar, stock list and market data."""
-    settings = current_settings()
-    day = context.scheduled_execution_time.astimezone(trading_calendar.SHANGHAI).date()
-    if not trading_calendar.is_trading_day(day):
-        return dg.SkipReason(f"{day} ({day:%A}) is not a trading day")
-    if day < settings.start_date:
-        return dg.SkipReason(f"{day} is before STOCKSYNC_START_DATE {settings.start_date}")
-    return _request(context, day, settings.lookback_days, f"nightly:{day}", "nightly")
+    return _that_trading_day(context, "nightly")
 
 
 @dg.schedule(
@@ -87,13 +94,7 @@ def evening_retry_schedule(
     context: dg.ScheduleEvaluationContext,
 ) -> dg.RunRequest | dg.SkipReason:
     """The second evening try: that trading day again if still missing or failed."""
-    settings = current_settings()
-    day = context.scheduled_execution_time.astimezone(trading_calendar.SHANGHAI).date()
-    if not trading_calendar.is_trading_day(day):
-        return dg.SkipReason(f"{day} ({day:%A}) is not a trading day")
-    if day < settings.start_date:
-        return dg.SkipReason(f"{day} is before STOCKSYNC_START_DATE {settings.start_date}")
-    return _request(context, day, settings.lookback_days, f"evening-retry:{day}", "evening-retry")
+    return _that_trading_day(context, "evening-retry")
 
 
 def catch_up_ranges(
