@@ -8,7 +8,6 @@ slot the dead step still claimed (`free_slots_after_run_end_seconds`; without it
 claimed for good, which is how this test was checked).
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.test_reliability_crash import DAGSTER, DAY, ORIGIN, _kill, wait_for, wait_for_status
+from tests.test_reliability_crash import _kill, launch, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -51,34 +50,6 @@ def instance_yaml() -> str:
         "telemetry": {"enabled": False},
     }
     return yaml.safe_dump(config)
-
-
-def launch(home: Path, url: str, ready: Path, run_id: str) -> subprocess.Popen:
-    """`dagster job launch` of market_sync/daily_bars for DAY through the code server."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
-    environment.update(
-        DAGSTER_HOME=str(home),
-        PYTHONPATH=str(ROOT),
-        STOCKSYNC_SOURCE="demo",
-        STOCKSYNC_START_DATE=ORIGIN.isoformat(),
-        STOCKSYNC_DATABASE_URL=url,
-        STOCKSYNC_CRASH_READY=str(ready),
-    )
-    tags = {
-        "dagster/asset_partition_range_start": DAY.isoformat(),
-        "dagster/asset_partition_range_end": DAY.isoformat(),
-    }
-    command = [DAGSTER, "job", "launch", "-m", "tests.fakes.crash_defs", "-j", "market_sync"]
-    command += ["-o", "daily_bars", "--tags", json.dumps(tags), "--run-id", run_id]
-    return subprocess.Popen(
-        command,
-        cwd=home,
-        env=environment,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def claimed(instance: dg.DagsterInstance) -> list[str]:
