@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from stocksync_dagster.resources import (
 )
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
+from tests.test_cli import STOCKSYNC, run
 
 pytestmark = pytest.mark.timeout(120)
 
-STOCKSYNC = [sys.executable, "-m", "stocksync_dagster.cli.main"]
 GOOD = "tok-good-5f3c9a1e77d2aa"
 BAD = "tok-bad-0b4e6d2c9a18bb"
 AS_OF = dt.date.today()
@@ -52,22 +51,7 @@ def tushare(market: DemoMarket) -> Iterator[FakeTushareServer]:
 
 
 def doctor(cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("STOCKSYNC_", "TUSHARE", "BAOSTOCK"))
-    }
-    environment.pop("DAGSTER_HOME", None)
-    environment.update(env)
-    return subprocess.run(
-        [*STOCKSYNC, "doctor"],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return run([*STOCKSYNC, "doctor"], cwd, timeout=90, **env)
 
 
 def test_doctor_passes_with_a_good_tushare_token(

@@ -144,6 +144,18 @@ def open_failures(url: str) -> pd.DataFrame:
 
 
 # ----- suspensions -------------------------------------------------------------------------
+
+
+def seed_reference(url: str, days: list[dt.date]) -> tuple[DemoSource, Warehouse]:
+    """The demo market's calendar over `days` and its security master, in the warehouse."""
+    demo = DemoSource(n_stocks=DEMO_STOCKS)
+    warehouse = Warehouse(url)
+    warehouse.ensure_schema()
+    sync_reference_table(schema.trade_calendar, demo.trade_calendar(days[0], days[-1]), warehouse)
+    sync_reference_table(schema.stock_basic, demo.stock_basic(), warehouse)
+    return demo, warehouse
+
+
 def test_suspensions_equal_the_market_and_are_never_missing(
     warehouse_url: str, market: DemoMarket
 ) -> None:
@@ -270,11 +282,7 @@ def test_deleted_day_and_half_day_outside_the_lookback_heal_in_one_tick(sqlite_u
     days = recent_trading_days(12)
     whole, half = days[1], days[3]  # both older than the nightly 5-day look-back
     defs = build_defs(sqlite_url)
-    demo = DemoSource(n_stocks=DEMO_STOCKS)
-    warehouse = Warehouse(sqlite_url)
-    warehouse.ensure_schema()
-    sync_reference_table(schema.trade_calendar, demo.trade_calendar(days[0], days[-1]), warehouse)
-    sync_reference_table(schema.stock_basic, demo.stock_basic(), warehouse)
+    demo, warehouse = seed_reference(sqlite_url, days)
     with dg.instance_for_test() as instance:
         loaded = materialize_range(
             defs, instance, days[0].isoformat(), days[-1].isoformat(), ("daily_bars",)
@@ -317,11 +325,7 @@ def test_deleted_day_and_half_day_outside_the_lookback_heal_in_one_tick(sqlite_u
 def test_a_day_that_keeps_failing_ends_abandoned_not_retried_forever(sqlite_url: str) -> None:
     days = recent_trading_days(6)
     defs = build_defs(sqlite_url)
-    demo = DemoSource(n_stocks=DEMO_STOCKS)
-    warehouse = Warehouse(sqlite_url)
-    warehouse.ensure_schema()
-    sync_reference_table(schema.trade_calendar, demo.trade_calendar(days[0], days[-1]), warehouse)
-    sync_reference_table(schema.stock_basic, demo.stock_basic(), warehouse)
+    demo, warehouse = seed_reference(sqlite_url, days)
     day = days[1]
     victim = sorted(demo.daily_bars(day, day).frame["code"])[0]
     with dg.instance_for_test() as instance:
@@ -350,11 +354,7 @@ def test_a_day_the_source_now_calls_closed_ends_abandoned(sqlite_url: str) -> No
     bar, the audit finds it missing again; the re-opened row keeps counting, so it ends."""
     days = recent_trading_days(6)
     defs = build_defs(sqlite_url)
-    demo = DemoSource(n_stocks=DEMO_STOCKS)
-    warehouse = Warehouse(sqlite_url)
-    warehouse.ensure_schema()
-    sync_reference_table(schema.trade_calendar, demo.trade_calendar(days[0], days[-1]), warehouse)
-    sync_reference_table(schema.stock_basic, demo.stock_basic(), warehouse)
+    _, warehouse = seed_reference(sqlite_url, days)
     day = days[2]
     with dg.instance_for_test() as instance:
         assert materialize_range(
