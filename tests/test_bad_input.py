@@ -202,7 +202,7 @@ def test_a_reply_ten_times_too_large_keeps_the_day_and_bounded_memory(sqlite_url
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(report.frame) == n and report.stats.inserted == n
+    assert report.rows_fetched == n and report.stats.inserted == n
     assert len(report.rejected) == 9 * n
     assert peak < 60 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     rejected = read(

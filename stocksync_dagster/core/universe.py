@@ -24,6 +24,15 @@ def listed_on(basic: pd.DataFrame, day: dt.date) -> set[str]:
     return set(basic.loc[listed & alive, "code"])
 
 
+def alive_between(basic: pd.DataFrame, start: dt.date, end: dt.date) -> list[str]:
+    """Sorted codes listed at some point of [start, end]: list_date <= end, delisted >= start."""
+    if basic.empty:
+        return []
+    listed = basic["list_date"].map(lambda d: d is not None and not pd.isna(d) and d <= end)
+    alive = basic["delist_date"].map(lambda d: d is None or pd.isna(d) or d >= start)
+    return sorted(basic.loc[listed & alive, "code"])
+
+
 def pairs(frame: pd.DataFrame | None) -> set[tuple[str, dt.date]]:
     """(code, trade_date) of a frame with those columns."""
     if frame is None or frame.empty:

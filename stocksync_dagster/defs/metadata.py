@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -157,24 +157,23 @@ def partition_metadata(
     report: SyncReport, days: Sequence[dt.date], table: sa.Table
 ) -> dict[str, dict[str, object]]:
     """Per partition key (ISO day): that day's own metadata."""
-    frame = report.frame
-    heads = frame.groupby("trade_date").head(PREVIEW_ROWS) if len(frame) else frame
-    by_day: Mapping[Any, pd.DataFrame] = (
-        dict(iter(heads.groupby("trade_date"))) if len(heads) else {}
-    )
     schema = table_schema(table)
+    empty = pd.DataFrame(columns=[c.name for c in table.columns])
     return {
         figures.day.isoformat(): day_metadata(
-            figures, report, by_day.get(figures.day, frame.iloc[:0]), schema
+            figures, report, _or_empty(report.preview_rows(figures.day), empty), schema
         )
         for figures in report.breakdown(days)
     }
 
 
+def _or_empty(frame: pd.DataFrame | None, empty: pd.DataFrame) -> pd.DataFrame:
+    return empty if frame is None else frame
+
+
 def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, object]:
     """Figures of the whole run (every partition of the range, plus any lookback days)."""
-    frame = report.frame
-    seconds = report.fetch_seconds + report.write_seconds
+    seconds = report.seconds or report.fetch_seconds + report.write_seconds
     fetched = report.rows_per_day()
     per_day = pd.DataFrame(
         {
@@ -188,8 +187,8 @@ def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, objec
         scope += f", re-fetched from {report.start}"
     metadata: dict[str, object] = {
         "run_scope": scope,
-        "run_rows_fetched": len(frame),
-        "run_codes": int(frame["code"].nunique()) if len(frame) else 0,
+        "run_rows_fetched": report.rows_fetched,
+        "run_codes": len(report.fetched_codes),
         "run_open_days": len(report.open_days),
         "run_first_day": str(report.start),
         "run_last_day": str(report.end),
@@ -202,8 +201,12 @@ def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, objec
         "run_source_calls": report.calls,
         "run_fetch_seconds": round(report.fetch_seconds, 3),
         "run_write_seconds": round(report.write_seconds, 3),
-        "run_rows_per_second": round(len(frame) / seconds) if seconds > 0 else 0,
+        "run_seconds": round(report.seconds, 3),
+        "run_chunks": report.chunks,
+        "run_rows_per_second": round(report.rows_fetched / seconds) if seconds > 0 else 0,
     }
+    if report.rows_by_source:
+        metadata["run_rows_by_source"] = dg.MetadataValue.json(dict(report.rows_by_source))
     if len(per_day) <= MAX_DAYS_TABLED:
         metadata["run_rows_per_day"] = frame_table(per_day)
     if report.rejected:

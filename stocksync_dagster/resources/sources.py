@@ -22,7 +22,7 @@ from stocksync_dagster.core.settings import (
     validate_host_port,
     validate_http_url,
 )
-from stocksync_dagster.core.sources.base import FetchResult, MarketSource
+from stocksync_dagster.core.sources.base import ChunkAxis, FetchResult, MarketSource
 
 
 class SourceNotOpenError(StocksyncError):
@@ -84,6 +84,15 @@ class MarketSourceResource(dg.ConfigurableResource, MarketSource):
     ) -> FetchResult:
         """Cumulative adjustment factors per stock and traded day in [start, end]."""
         return self.source.adj_factors(start, end, codes)
+
+    @property
+    def chunk_axis(self) -> ChunkAxis:
+        """The engine's chunk axis (`stocks` for baostock, `days` for tushare and demo)."""
+        return self.source.chunk_axis
+
+    def end_chunk(self) -> None:
+        """Free what the engine cached for the chunk just fetched."""
+        self.source.end_chunk()
 
     def check_connection(self) -> str:
         """Reach the source once; a one-line description, or SourceError if it is down."""

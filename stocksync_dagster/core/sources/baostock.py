@@ -8,6 +8,10 @@ Calls per stock for a range [start, end] (each may span pages, and retries add c
   when this source already fetched the stock's bars for a covering range.
 - per range fetch, once: `query_stock_basic` for the universe (cached for the source's life).
 
+A range sync chunks baostock by stock batches (`chunk_axis == "stocks"`): each batch's bars,
+then its factors, so the traded days are reused; `end_chunk` frees them, so the cache never
+holds more than one batch.
+
 Rows the service sends that do not parse go to `FetchResult.rejected`; stocks that still fail
 after the retries go to `FetchResult.failures`. See `baostock_worker` for the watchdog.
 """
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from stocksync_dagster.core import universe as market_universe
 from stocksync_dagster.core.codes import board_of, from_baostock, to_baostock
 from stocksync_dagster.core.errors import SourceError
 from stocksync_dagster.core.sources.baostock_worker import Call, Outcome, Task, WorkerPool
@@ -33,6 +38,7 @@ from stocksync_dagster.core.sources.base import (
     CALENDAR_COLUMNS,
     STOCK_BASIC_COLUMNS,
     SUSPENSION_COLUMNS,
+    ChunkAxis,
     FetchFailure,
     FetchResult,
     MarketSource,
@@ -341,11 +347,7 @@ class BaostockSource(MarketSource):
             for code in codes:
                 to_baostock(code)  # ValueError on a code that is not normalised
             return sorted(set(codes))
-        basic = self.stock_basic()
-        alive = (basic["list_date"] <= end) & basic["delist_date"].map(
-            lambda d: d is None or pd.isna(d) or d >= start
-        )
-        return sorted(basic.loc[alive, "code"])
+        return market_universe.alive_between(self.stock_basic(), start, end)
 
     # ----- range fetches ----------------------------------------------------------------------
     def _failure(self, outcome: Outcome, start: dt.date, end: dt.date) -> FetchFailure:
@@ -428,13 +430,31 @@ class BaostockSource(MarketSource):
         def parse(outcome: Outcome, rejected: list[RejectedRow]) -> list[tuple]:
             fields, raw = outcome.results[0]  # type: ignore[index]
             parsed = parse_bars(fields, raw, outcome.key, start, end, rejected)
-            self._traded[outcome.key] = (start, end, parsed.traded_days)
+            self._remember_days(outcome.key, start, end, parsed.traded_days)
             suspensions.extend((outcome.key, day) for day in parsed.suspended_days)
             return parsed.rows
 
         result = self._fetch("bars", tasks, start, end, BAR_COLUMNS, parse)
         result.suspensions = pd.DataFrame.from_records(suspensions, columns=SUSPENSION_COLUMNS)
         return result
+
+    def _remember_days(self, code: str, start: dt.date, end: dt.date, days: list[dt.date]) -> None:
+        """Cache `code`'s traded days; a narrower re-fetch inside the cached range updates it."""
+        cached = self._traded.get(code)
+        if cached is not None and cached[0] <= start and end <= cached[1]:
+            kept = [d for d in cached[2] if not start <= d <= end]
+            self._traded[code] = (cached[0], cached[1], sorted([*kept, *days]))
+        else:
+            self._traded[code] = (start, end, days)
+
+    @property
+    def chunk_axis(self) -> ChunkAxis:
+        """Stock batches: one call per stock covers the whole range, whatever its length."""
+        return "stocks"
+
+    def end_chunk(self) -> None:
+        """Forget the batch's traded days (kept for its factor fetch)."""
+        self._traded.clear()
 
     def _cached_days(self, code: str, start: dt.date, end: dt.date) -> list[dt.date] | None:
         cached = self._traded.get(code)

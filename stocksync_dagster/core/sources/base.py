@@ -22,7 +22,7 @@ import abc
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import pandas as pd
 
@@ -51,6 +51,10 @@ BAR_COLUMNS = [
 ]
 ADJ_FACTOR_COLUMNS = ["code", "trade_date", "adj_factor"]
 SUSPENSION_COLUMNS = ["code", "trade_date"]
+
+ChunkAxis = Literal["stocks", "days"]
+"""How a long range is cut into chunks without extra calls: by stock batches (sources that
+fetch per stock over the whole range) or by date windows (sources that fetch per day)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,14 @@ class MarketSource(abc.ABC):
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
     ) -> FetchResult:
         """Cumulative adjustment factors, one per stock per traded day in [start, end]."""
+
+    @property
+    def chunk_axis(self) -> ChunkAxis:
+        """The axis a range sync chunks along at no extra calls (see `ChunkAxis`)."""
+        return "days"
+
+    def end_chunk(self) -> None:  # noqa: B027 - optional hook
+        """Free what the source cached for the chunk just fetched (a range sync calls it)."""
 
     @property
     def label(self) -> str:

@@ -149,14 +149,18 @@ def record_rejections(
     end: dt.date,
     rejected: Sequence[RejectedRow],
     codes: Sequence[str] | None = None,
+    *,
+    replace: bool = True,
 ) -> int:
-    """Replace the rejected rows recorded for `asset` in [start, end] with this fetch's ones."""
-    delete = sa.delete(sync_rejected_row).where(
-        sync_rejected_row.c.asset == asset, sync_rejected_row.c.trade_date.between(start, end)
-    )
-    if codes is not None:
-        delete = delete.where(sync_rejected_row.c.code.in_(list(codes)))
-    connection.execute(delete)
+    """Replace the rejected rows recorded for `asset` in [start, end] with this fetch's ones
+    (`replace=False`: only add them, for the later chunks of a chunked range sync)."""
+    if replace:
+        delete = sa.delete(sync_rejected_row).where(
+            sync_rejected_row.c.asset == asset, sync_rejected_row.c.trade_date.between(start, end)
+        )
+        if codes is not None:
+            delete = delete.where(sync_rejected_row.c.code.in_(list(codes)))
+        connection.execute(delete)
     if rejected:
         now = _now()
         connection.execute(

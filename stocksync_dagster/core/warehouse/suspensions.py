@@ -36,6 +36,22 @@ def replace_suspensions(
     return len(rows)
 
 
+def delete_other_codes(
+    connection: sa.Connection, days: Sequence[dt.date], codes: Sequence[str]
+) -> int:
+    """Delete the suspensions on `days` of stocks not in `codes`; returns rows deleted.
+
+    A range sync that replaced `suspension` stock batch by stock batch calls it last, so the
+    days end up exactly as one whole-market replacement would leave them.
+    """
+    if not days:
+        return 0
+    delete = sa.delete(suspension).where(suspension.c.trade_date.in_(list(days)))
+    if codes:
+        delete = delete.where(suspension.c.code.not_in(list(codes)))
+    return int(connection.execute(delete).rowcount or 0)
+
+
 def suspended_per_day(
     connection: sa.Connection, start: dt.date, end: dt.date
 ) -> dict[dt.date, set[str]]:

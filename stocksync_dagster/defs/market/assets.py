@@ -90,8 +90,9 @@ def _sync(
     except ConfigError as exc:  # a retry cannot fix the run's own config
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     context.log.info(
-        f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
-        f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write; "
+        f"{dataset.asset}: {report.rows_fetched} rows for {len(report.open_days)} open days in "
+        f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write "
+        f"({report.chunks} chunks, {report.seconds:.1f}s in all); "
         f"{report.stats.inserted} new, {report.stats.updated} changed, "
         f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
     )
