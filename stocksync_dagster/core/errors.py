@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class StocksyncError(Exception):
     """Base class of the project's own errors."""
@@ -43,3 +45,6 @@ class SourceUnavailableError(SourceError):
 
 class TooManyFailuresError(StocksyncError):
     """A partition lost more stocks than the configured share: the step fails so Dagster retries."""
+
+    reports: Mapping[str, object] = {}
+    """What the sync wrote before raising (`sync_market`: its SyncReports by asset)."""

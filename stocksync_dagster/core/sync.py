@@ -335,7 +335,7 @@ def sync_market(
     once, and the ones still absent are recorded in `sync_failure`. Raises TooManyFailuresError
     after writing everything when, for any dataset, more than `max_failed_share` of the stocks
     (or any whole open day) could not be fetched, so Dagster's retry policy takes over.
-    Returns one report per dataset, keyed by `dataset.asset`.
+    Returns one report per dataset, keyed by `dataset.asset` (also on the error as `reports`).
     """
     if not datasets or len({d.asset for d in datasets}) != len(datasets):
         raise ConfigError("datasets", "give each market dataset once, at least one")
@@ -400,10 +400,12 @@ def sync_market(
             report.chunks = len(plan)
     problems = [p for r in reports.values() if (p := _failure_problem(r, max_failed_share))]
     if problems:
-        raise TooManyFailuresError(
+        error = TooManyFailuresError(
             "; ".join(problems) + ". The rows that were fetched are written and the failures are "
             "in sync_failure; the step fails so Dagster retries it."
         )
+        error.reports = reports
+        raise error
     return reports
 
 
