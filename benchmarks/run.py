@@ -32,11 +32,11 @@ from benchmarks.common import (
 )
 from benchmarks.sizes import SIZES, Size, with_overrides
 
-BENCHMARKS = ("history", "tushare", "writes", "dagster", "scaling")
+BENCHMARKS = ("history", "memory", "tushare", "writes", "dagster", "scaling")
 
 
 def _runner(name: str, size: Size, pg_url: str | None) -> Callable[[], Outcome]:
-    from benchmarks import dagster_overhead, history, scaling, tushare, writes
+    from benchmarks import dagster_overhead, history, memory, scaling, tushare, writes
 
     def with_warehouse(run: Callable[[str], Outcome]) -> Outcome:
         if pg_url is None:
@@ -49,6 +49,8 @@ def _runner(name: str, size: Size, pg_url: str | None) -> Callable[[], Outcome]:
 
     if name == "history":
         return lambda: with_warehouse(lambda url: history.run(size, url))
+    if name == "memory":
+        return lambda: with_warehouse(lambda url: memory.run(size, url))
     if name == "scaling":
         return lambda: with_warehouse(lambda url: scaling.run(size, url))
     if name == "tushare":

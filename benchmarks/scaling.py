@@ -13,6 +13,7 @@ import dagster as dg
 from benchmarks.common import Outcome, PeakRss, Row, in_fresh_process
 from benchmarks.history import baostock_server
 from benchmarks.sizes import Size
+from stocksync_dagster.core import universe
 from stocksync_dagster.core.sources.base import MarketSource
 from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
 from stocksync_dagster.core.warehouse import Warehouse
@@ -20,11 +21,7 @@ from stocksync_dagster.resources import BaostockSourceResource
 
 
 def _alive_codes(source: MarketSource, size: Size) -> list[str]:
-    basic = source.stock_basic()
-    alive = (basic["list_date"] <= size.end) & basic["delist_date"].map(
-        lambda d: d is None or d != d or d >= size.start
-    )
-    return sorted(basic.loc[alive, "code"])
+    return universe.alive_between(source.stock_basic(), size.start, size.end)
 
 
 def _case(address: str, pid: int, url: str, size: Size, stocks: int, workers: int) -> Row:
@@ -50,7 +47,7 @@ def _case(address: str, pid: int, url: str, size: Size, stocks: int, workers: in
         f"{len(codes)} stocks, {workers} workers",
         seconds,
         calls=report.calls,
-        rows=len(report.frame),
+        rows=report.rows_fetched,
         stocks=len(codes),
         rss_mb=rss.mb,
         note=f"{report.calls * size.latency_ms / 1000 / workers:.1f} s of pure latency",

@@ -25,6 +25,12 @@ class Size:
     scaling_stocks: tuple[int, ...] = (1000, 2000, 5000)
     scaling_workers: tuple[int, ...] = (1, 2, 4, 8)
     scaling_workers_stocks: int = 1000
+    history_workers: tuple[int, ...] = (4, 8)  # bars + factors from one session, core sync
+    one_day: dt.date = dt.date(2025, 12, 31)  # the one-trading-day case
+    memory_stocks: int = 1000
+    memory_years: tuple[int, ...] = (1, 2, 4)
+    memory_latency_ms: float = 2.0  # low: the curve, not the network, is measured
+    memory_chunk_rows: int | None = None  # None: the sync's default
 
 
 FULL = Size("full")
@@ -46,6 +52,12 @@ TINY = Size(
     scaling_stocks=(10, 20),
     scaling_workers=(1, 2),
     scaling_workers_stocks=10,
+    history_workers=(2,),
+    one_day=dt.date(2025, 1, 24),
+    memory_stocks=10,
+    memory_years=(1, 2),
+    memory_latency_ms=0.0,
+    memory_chunk_rows=600,
 )
 SIZES = {s.name: s for s in (FULL, TINY)}
 

@@ -47,6 +47,7 @@ def _check_report(report: dict, names: list[str]) -> None:
     ("names", "needs_postgres"),
     [
         (["history"], False),
+        (["memory"], False),
         (["tushare"], False),
         (["writes"], True),
         (["dagster"], False),
