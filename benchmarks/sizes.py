@@ -18,6 +18,7 @@ class Size:
     tushare_tokens: tuple[int, ...] = (1, 3)
     tushare_cap: int = 50  # calls per window per token per API ...
     tushare_window: float = 6.0  # ... per this many seconds (50 / 6 s = 500 / min)
+    tushare_low_cap: int = 20  # a lower permission level (200 / min): the limit binds longer
     write_rows_stocks: int = 6000  # x a year of trading days: 1.18M rows
     to_sql_sample: int = 50_000  # rows timed for pandas.to_sql, scaled up
     sqlite_stocks: int = 2000
@@ -44,6 +45,7 @@ TINY = Size(
     tushare_stocks=30,
     tushare_tokens=(1, 2),
     tushare_cap=4,
+    tushare_low_cap=2,
     tushare_window=0.5,
     write_rows_stocks=50,
     to_sql_sample=200,

@@ -671,6 +671,7 @@ def _one_ahead(items: Sequence[T], fetch: Callable[[T], R]) -> Iterator[R]:
                 assert isinstance(value, BaseException)
                 raise value
             yield value  # type: ignore[misc]
+            value = None  # the written chunk: not held while waiting for the next one
     finally:
         handoff.close()
         thread.join()

@@ -47,14 +47,32 @@ def expected_absent(
     suspended: set[tuple[str, dt.date]],
     codes: Sequence[str] | None = None,
 ) -> dict[dt.date, list[str]]:
-    """Per day, the codes listed and not suspended that have no row in `present` (sorted)."""
-    wanted = set(codes) if codes is not None else None
+    """Per day, the codes listed and not suspended that have no row in `present` (sorted).
+
+    Only `codes` (when given) are looked at, so a stock batch of a chunked sync costs its own
+    size, not the market's.
+    """
+    if basic.empty:
+        return {}
+    if codes is not None:
+        basic = basic[basic["code"].isin(set(codes))]
+    spans = [
+        (code, listed, None if delisted is None or pd.isna(delisted) else delisted)
+        for code, listed, delisted in zip(
+            basic["code"], basic["list_date"], basic["delist_date"], strict=True
+        )
+        if listed is not None and not pd.isna(listed)
+    ]
     absent: dict[dt.date, list[str]] = {}
     for day in days:
-        expected = listed_on(basic, day)
-        if wanted is not None:
-            expected &= wanted
-        lost = sorted(c for c in expected if (c, day) not in present and (c, day) not in suspended)
+        lost = sorted(
+            code
+            for code, listed, delisted in spans
+            if listed <= day
+            and (delisted is None or delisted > day)
+            and (code, day) not in present
+            and (code, day) not in suspended
+        )
         if lost:
             absent[day] = lost
     return absent
