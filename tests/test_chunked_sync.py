@@ -9,6 +9,7 @@ exactly as after an unchunked run: bars, factors, `sync_failure` (recorded, retr
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
@@ -335,3 +336,49 @@ def test_preview_is_bounded(sqlite_url: str) -> None:
     assert report.preview and all(len(rows) <= 10 for rows in report.preview.values())
     assert report.rows_by_source == {"demo": report.rows_fetched}
     assert isinstance(report.preview_rows(START), pd.DataFrame)
+
+
+class BrokenLater(DemoSource):
+    """The demo market whose factor fetch breaks from the given window on."""
+
+    def __init__(self, broken_from: dt.date) -> None:
+        super().__init__(n_stocks=STOCKS, seed=11, as_of=AS_OF)
+        self.broken_from = broken_from
+
+    def adj_factors(
+        self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
+    ) -> FetchResult:
+        if end >= self.broken_from:
+            raise RuntimeError("the source broke")
+        return super().adj_factors(start, end, codes)
+
+
+def test_a_fetch_error_reaches_the_caller_after_the_earlier_chunks_commit(
+    sqlite_url: str,
+) -> None:
+    warehouse = Warehouse(sqlite_url)
+    progress: list[ChunkProgress] = []
+    broken_from = dt.date(2024, 2, 1)
+    with pytest.raises(RuntimeError, match="the source broke"):
+        sync_market(
+            BOTH, BrokenLater(broken_from), warehouse, START, END,
+            chunk_rows=SMALL_CHUNK, on_chunk=progress.append,
+        )  # fmt: skip
+    assert progress and all(p.last_day is not None and p.last_day < broken_from for p in progress)
+    with warehouse.connect() as connection:
+        last = connection.execute(sa.select(sa.func.max(schema.daily_bar.c.trade_date)))
+        assert str(last.scalar_one()) == str(progress[-1].last_day)
+
+
+def test_a_write_error_stops_the_fetching_thread(sqlite_url: str) -> None:
+    warehouse = Warehouse(sqlite_url)
+
+    def refuse(progress: ChunkProgress) -> None:
+        raise RuntimeError("the writer gave up")
+
+    with pytest.raises(RuntimeError, match="the writer gave up"):
+        sync_market(
+            BOTH, DemoSource(n_stocks=STOCKS, seed=11, as_of=AS_OF), warehouse, START, END,
+            chunk_rows=SMALL_CHUNK, on_chunk=refuse,
+        )  # fmt: skip
+    assert not [t for t in threading.enumerate() if t.name == "stocksync-fetch"]
