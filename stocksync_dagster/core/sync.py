@@ -345,3 +345,51 @@ def sync_reference_table(table: sa.Table, frame: pd.DataFrame, warehouse: Wareho
     """Upsert a whole reference table (calendar, security master) in one transaction."""
     with warehouse.begin() as connection:
         return upsert_frame(connection, table, frame)
+
+
+# shim: replaced by the chunked implementation ------------------------------------------------
+# The chunked, bounded-memory `sync_market` fetches every dataset of a range from one source
+# session in chunks. Until it lands, this loops over `sync_market_range`; `chunk_rows` and
+# `on_chunk` are accepted and ignored.
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    """Placeholder (shim): what one written chunk of a range sync reports."""
+
+    dataset: str
+    first_day: dt.date
+    last_day: dt.date
+    rows: int
+
+
+def sync_market(
+    datasets: Sequence[MarketDataset],
+    source: MarketSource,
+    warehouse: Warehouse,
+    start: dt.date,
+    end: dt.date,
+    codes: Sequence[str] | None = None,
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
+    max_retries: int = failures.DEFAULT_MAX_RETRIES,
+    *,
+    chunk_rows: int | None = None,
+    on_chunk: Callable[[ChunkProgress], None] | None = None,
+) -> dict[str, SyncReport]:
+    """Sync each dataset over [start, end] (shim: one `sync_market_range` per dataset).
+
+    Every dataset is written even when an earlier one had too many failures; the first
+    TooManyFailuresError is raised after all of them ran.
+    """
+    reports: dict[str, SyncReport] = {}
+    first_error: TooManyFailuresError | None = None
+    for dataset in datasets:
+        try:
+            reports[dataset.asset] = sync_market_range(
+                dataset, source, warehouse, start, end, codes, max_failed_share, max_retries
+            )
+        except TooManyFailuresError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return reports
