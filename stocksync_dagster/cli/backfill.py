@@ -94,7 +94,8 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Seque
     outcomes = []
     for number, chunk in enumerate(chunks, 1):
         if len(chunks) > 1:
-            click.echo(f"run {number}/{len(chunks)}: {chunk[0]}..{chunk[-1]} ({len(chunk)} days)")
+            days = f"{len(chunk)} trading day{'s' if len(chunk) > 1 else ''}"
+            click.echo(f"run {number}/{len(chunks)}: {chunk[0]}..{chunk[-1]} ({days})")
         outcome = run_job(
             defs,
             instance,
@@ -114,10 +115,13 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Seque
     passed, evaluated = print_checks(outcomes, click.echo)
     for outcome in outcomes:
         require_success(outcome)
-    runs = ", ".join(o.run_id for o in outcomes)
+    runs = (
+        f"run {outcomes[0].run_id} ({BACKFILL_JOB})"
+        if len(outcomes) == 1
+        else f"{len(outcomes)} runs of {BACKFILL_JOB} ({', '.join(o.run_id for o in outcomes)})"
+    )
     click.echo(
-        f"done in {time.monotonic() - began:.1f}s: {len(outcomes)} run(s) of {BACKFILL_JOB} "
-        f"({runs}); checks {passed}/{evaluated} passed"
+        f"done in {time.monotonic() - began:.1f}s: {runs}; checks {passed}/{evaluated} passed"
     )
 
 
