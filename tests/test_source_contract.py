@@ -4,6 +4,7 @@ cannot be fetched lands in `sync_failure` and heals on a later fetch.
 """
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import subprocess
@@ -215,14 +216,14 @@ def _cli_materialize(tmp_path: Path, env: dict[str, str]) -> sqlite3.Connection:
     )
     command = [
         str(Path(sys.executable).with_name("dagster")),
-        "asset",
-        "materialize",
+        "job",
+        "execute",
         "-m",
         "stocksync_dagster.definitions",
-        "--select",
-        "daily_bars,adj_factor",
-        "--partition-range",
-        f"{START}...{END}",
+        "-j",
+        "market_sync",
+        "--tags",
+        json.dumps(range_tags()),
     ]
     done = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=110
