@@ -159,3 +159,43 @@ def test_cli_backfill_longer_than_the_bound_is_several_named_runs(tmp_path: Path
             ("2025-08-08", "2025-08-08"),
         ]
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+
+@pytest.mark.postgres
+def test_production_instance_pools_the_event_log_and_records_each_partition(
+    postgres_server_url: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import sqlalchemy as sa
+
+    url = sa.make_url(postgres_server_url)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "deploy" / "dagster.postgres.yaml", home)
+    (home / "dagster.postgres.yaml").rename(home / "dagster.yaml")
+    for variable, value in {
+        "DAGSTER_PG_USER": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+        "DAGSTER_PG_DB": url.database or "",
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+    }.items():
+        monkeypatch.setenv(variable, value)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert type(storage).__name__ == "PooledPostgresEventLogStorage"
+        with storage._connect() as connection:  # type: ignore[attr-defined]
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        result = dg.materialize(
+            [market_data],
+            instance=instance,
+            resources={
+                "source": DemoSourceResource(stocks=20),
+                "warehouse": WarehouseResource(url=sqlite_url),
+            },
+            tags=range_tags(START.isoformat(), END.isoformat()),
+        )
+        assert result.success
+        for asset in ("daily_bars", "adj_factor"):
+            assert len(instance.get_materialized_partitions(dg.AssetKey(asset))) == 10
