@@ -34,6 +34,7 @@ DEMO_STOCKS = 50
 HISTORY_START = "2021-01-04"  # ~1,200 trading days to now: room for the 1,000-partition case
 STORAGES = ("sqlite", "postgres", "postgres-tuned")
 EVENT_BATCH_SIZE = "1000"
+POOLED_MODULE = "stocksync_dagster.instance_storage"
 
 
 def _materialize_one_asset(defs, instance, first: str, last: str):  # type: ignore[no-untyped-def]
@@ -102,9 +103,19 @@ def _instance_yaml(storage: str, pg_url: str | None) -> str:
         return config
     assert pg_url is not None
     url = pg_url.replace("postgresql+psycopg://", "postgresql+psycopg2://", 1)
-    if storage == "postgres-tuned":
-        url += "?options=-csynchronous_commit%3Doff"
-    return config + f"\nstorage:\n  postgres:\n    postgres_url: {url}\n"
+    if storage == "postgres":
+        return config + f"\nstorage:\n  postgres:\n    postgres_url: {url}\n"
+    # postgres-tuned: what deploy/dagster.postgres.yaml sets, with a URL instead of env vars
+    url += "?options=-csynchronous_commit%3Doff"
+    blocks = (
+        ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+        ("event_log_storage", POOLED_MODULE, "PooledPostgresEventLogStorage"),
+        ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+    )
+    return config + "".join(
+        f'\n{key}:\n  module: {module}\n  class: {name}\n  config: {{postgres_url: "{url}"}}\n'
+        for key, module, name in blocks
+    )
 
 
 def measure_case(partitions: int, home: str) -> dict[str, float]:

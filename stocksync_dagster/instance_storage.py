@@ -6,6 +6,14 @@ a few events per partition, each with its own connections; on this project's 2-c
 machine connecting was a third of a 250-partition run's bookkeeping. This event log storage is
 dagster-postgres's own, pooled the way the webserver pools it, in every process that uses it
 (daemon, run workers, CLI). Configured in `deploy/dagster.postgres.yaml`.
+
+It also stores a check's planned event of a range run without re-serializing it per
+partition. Dagster gives every check planned in a partitioned run the run's partition subset
+(unpartitioned checks too) and writes one `asset_check_executions` row per partition, each with
+the whole event serialized again, partitions definition included: for 9 checks x 1,000
+partitions x a definition listing every holiday since the history starts, that was most of a
+range run's bookkeeping. The rows are the same; the event is serialized once. (Private Dagster
+API: dagster is pinned to 1.13.27; tests/test_market_step.py covers it.)
 """
 
 from __future__ import annotations
@@ -13,7 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dagster._serdes import ConfigurableClassData
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,
+)
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._serdes import ConfigurableClassData, serialize_value
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
@@ -40,3 +54,27 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             statement_timeout=0, pool_recycle=POOL_RECYCLE_SECONDS, max_overflow=MAX_OVERFLOW
         )
         return storage
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        """As dagster's, one row per partition, with the event serialized once for all rows."""
+        planned = event.get_dagster_event().event_specific_data
+        assert isinstance(planned, AssetCheckEvaluationPlanned)
+        subset = planned.partitions_subset
+        keys: list[str | None] = list(subset.get_partition_keys()) if subset else [None]
+        common = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as connection:
+            connection.execute(
+                AssetCheckExecutionsTable.insert().values(
+                    [{**common, "partition": key} for key in keys]
+                )
+            )

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 
 from stocksync_dagster.cli.backfill import partition_chunks
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.defs.market.assets import MARKET_OP, market_data
+from stocksync_dagster.defs.market.checks import adj_factor_checks, daily_bars_checks
 from stocksync_dagster.defs.market.jobs import range_tags
 from stocksync_dagster.defs.policies import MAX_PARTITIONS_PER_RUN
+from stocksync_dagster.defs.reference.assets import stock_basic, trade_calendar
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     DemoSourceResource,
@@ -187,15 +190,59 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
         assert type(storage).__name__ == "PooledPostgresEventLogStorage"
         with storage._connect() as connection:  # type: ignore[attr-defined]
             assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        resources = {
+            "source": DemoSourceResource(stocks=20),
+            "warehouse": WarehouseResource(url=sqlite_url),
+        }
+        assert dg.materialize(
+            [trade_calendar, stock_basic], instance=instance, resources=resources
+        ).success
         result = dg.materialize(
-            [market_data],
+            [market_data, daily_bars_checks, adj_factor_checks],
             instance=instance,
-            resources={
-                "source": DemoSourceResource(stocks=20),
-                "warehouse": WarehouseResource(url=sqlite_url),
-            },
+            resources=resources,
             tags=range_tags(START.isoformat(), END.isoformat()),
         )
         assert result.success
         for asset in ("daily_bars", "adj_factor"):
             assert len(instance.get_materialized_partitions(dg.AssetKey(asset))) == 10
+        # The checks' rows are exactly those of dagster-postgres's own storage for the same run
+        # (one planned row per partition and check, then the evaluations), on the same database.
+        ours = check_rows(storage, result.run_id)
+        stock_home = tmp_path / "stock"
+        stock_home.mkdir()
+        pg_url = url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+        stock_config = f"storage:\n  postgres:\n    postgres_url: {pg_url}\n"
+        (stock_home / "dagster.yaml").write_text(stock_config)
+        with dg.DagsterInstance.from_config(str(stock_home)) as stock:
+            again = dg.materialize(
+                [market_data, daily_bars_checks, adj_factor_checks],
+                instance=stock,
+                resources=resources,
+                tags=range_tags(START.isoformat(), END.isoformat()),
+            )
+            theirs = check_rows(stock.event_log_storage, again.run_id)
+    assert ours == theirs
+    planned = [r for r in ours if r[2] == "PLANNED"]
+    assert len(planned) == 10 * 11  # 11 checks, 10 partitions
+
+
+def check_rows(storage: object, run_id: str) -> list[tuple]:
+    """(check, partition, status, event type) of the run's `asset_check_executions` rows."""
+    import sqlalchemy as sa
+    from dagster._serdes import deserialize_value
+
+    table = AssetCheckExecutionsTable
+    with storage.index_connection() as connection:  # type: ignore[attr-defined]
+        rows = connection.execute(
+            sa.select(
+                table.c.check_name,
+                table.c.partition,
+                table.c.execution_status,
+                table.c.evaluation_event,
+            ).where(table.c.run_id == run_id)
+        ).all()
+    return sorted(
+        (r[0], r[1] or "", r[2], deserialize_value(r[3]).get_dagster_event().event_type_value)
+        for r in rows
+    )
