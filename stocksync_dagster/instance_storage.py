@@ -12,8 +12,9 @@ partition. Dagster gives every check planned in a partitioned run the run's part
 (unpartitioned checks too) and writes one `asset_check_executions` row per partition, each with
 the whole event serialized again, partitions definition included: for 9 checks x 1,000
 partitions x a definition listing every holiday since the history starts, that was most of a
-range run's bookkeeping. The rows are the same; the event is serialized once. (Private Dagster
-API: dagster is pinned to 1.13.27; tests/test_market_step.py covers it.)
+range run's bookkeeping. The rows are the same; the event is serialized once. (This overrides a
+private method: dagster is pinned to 1.13.27, and tests/test_market_step.py compares the rows
+with dagster-postgres's own.)
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationPlanned,
-)
-from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
-from dagster._serdes import ConfigurableClassData, serialize_value
+import dagster as dg
+import sqlalchemy as sa
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
@@ -35,6 +31,25 @@ POOL_RECYCLE_SECONDS = 3600
 """A held connection is replaced after an hour (as the webserver's)."""
 MAX_OVERFLOW = 10
 """Connections beyond the one held, for threads of the same process (closed when returned)."""
+PLANNED = "PLANNED"  # AssetCheckExecutionRecordStatus.PLANNED
+
+# The columns of Dagster's `asset_check_executions` table that a planned check writes.
+_CHECK_EXECUTIONS = sa.table(
+    "asset_check_executions",
+    *(
+        sa.column(name)
+        for name in (
+            "asset_key",
+            "check_name",
+            "partition",
+            "run_id",
+            "execution_status",
+            "evaluation_event",
+            "evaluation_event_timestamp",
+            "evaluation_event_storage_id",
+        )
+    ),
+)
 
 
 class PooledPostgresEventLogStorage(PostgresEventLogStorage):
@@ -42,7 +57,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
 
     @classmethod
     def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+        cls, inst_data: Any, config_value: Mapping[str, Any]
     ) -> PooledPostgresEventLogStorage:
         storage = cls(
             inst_data=inst_data,
@@ -56,25 +71,25 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         return storage
 
     def _store_asset_check_evaluation_planned(
-        self, event: EventLogEntry, event_id: int | None
+        self, event: dg.EventLogEntry, event_id: int | None
     ) -> None:
-        """As dagster's, one row per partition, with the event serialized once for all rows."""
-        planned = event.get_dagster_event().event_specific_data
-        assert isinstance(planned, AssetCheckEvaluationPlanned)
+        """As dagster's, one row per partition, with the event serialized once for all rows.
+
+        Overrides a private method of dagster-postgres 0.29.27 (pinned); the test compares the
+        rows with those the stock storage writes for the same run."""
+        planned: Any = event.get_dagster_event().event_specific_data  # AssetCheckEvaluationPlanned
         subset = planned.partitions_subset
         keys: list[str | None] = list(subset.get_partition_keys()) if subset else [None]
         common = {
             "asset_key": planned.asset_key.to_string(),
             "check_name": planned.check_name,
             "run_id": event.run_id,
-            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
-            "evaluation_event": serialize_value(event),
+            "execution_status": PLANNED,
+            "evaluation_event": dg.serialize_value(event),
             "evaluation_event_timestamp": self._event_insert_timestamp(event),
             "evaluation_event_storage_id": event_id,
         }
         with self.index_connection() as connection:
             connection.execute(
-                AssetCheckExecutionsTable.insert().values(
-                    [{**common, "partition": key} for key in keys]
-                )
+                _CHECK_EXECUTIONS.insert().values([{**common, "partition": key} for key in keys])
             )
