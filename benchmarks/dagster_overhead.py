@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import PG_ADMIN_URL, ROOT, Outcome, Row, scratch_postgres
 from benchmarks.sizes import Size
@@ -118,18 +120,32 @@ def _instance_yaml(storage: str, pg_url: str | None) -> str:
     )
 
 
+def _long_demo() -> Any:
+    """The demo source with its market from HISTORY_START (the default starts in 2023)."""
+    from stocksync_dagster.core.sources.demo import DemoSource, shared_market
+    from stocksync_dagster.resources import DemoSourceResource
+
+    class LongDemoSource(DemoSource):
+        def __init__(self, n_stocks: int, seed: int) -> None:
+            super().__init__(n_stocks, seed)
+            self.market = shared_market(n_stocks, seed, dt.date.fromisoformat(HISTORY_START))
+
+    class LongDemoSourceResource(DemoSourceResource):
+        def make_source(self) -> DemoSource:
+            return LongDemoSource(self.stocks, self.seed)
+
+    return LongDemoSourceResource(stocks=DEMO_STOCKS)
+
+
 def measure_case(partitions: int, home: str) -> dict[str, float]:
     """In this process (fresh, env set by `range_case`): one range run of both assets + checks."""
-    import datetime as dt
-
     import dagster as dg
 
     from benchmarks.dagster_defs import build_defs, materialization_metadata
     from stocksync_dagster.cli.runs import materialize_range, materialize_unpartitioned
-    from stocksync_dagster.resources import DemoSourceResource
 
     url = f"sqlite:///{Path(home) / 'warehouse.db'}"
-    defs = build_defs(DemoSourceResource(stocks=DEMO_STOCKS), url)
+    defs = build_defs(_long_demo(), url)
     keys = defs.resolve_assets_def("daily_bars").partitions_def.get_partition_keys()  # type: ignore[union-attr]
     keys = keys[-partitions:]
     with dg.DagsterInstance.from_config(home) as instance:

@@ -10,7 +10,7 @@ dagster-postgres's own, pooled the way the webserver pools it, in every process 
 It also stores a check's planned event of a range run without re-serializing it per
 partition. Dagster gives every check planned in a partitioned run the run's partition subset
 (unpartitioned checks too) and writes one `asset_check_executions` row per partition, each with
-the whole event serialized again, partitions definition included: for 9 checks x 1,000
+the whole event serialized again, partitions definition included: for 11 checks x 1,000
 partitions x a definition listing every holiday since the history starts, that was most of a
 range run's bookkeeping. The rows are the same; the event is serialized once. (This overrides a
 private method: dagster is pinned to 1.13.27, and tests/test_market_step.py compares the rows
