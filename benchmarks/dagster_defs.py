@@ -40,7 +40,11 @@ def temp_instance() -> Iterator[dg.DagsterInstance]:
 
 def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     """Plain values of the asset's materialization metadata."""
-    events = result.asset_materializations_for_node(asset)
+    events = [
+        e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(asset)
+    ]
     if not events:
         return {}
     return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()}

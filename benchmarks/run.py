@@ -56,7 +56,7 @@ def _runner(name: str, size: Size, pg_url: str | None) -> Callable[[], Outcome]:
     if name == "tushare":
         return lambda: tushare.run(size)
     if name == "dagster":
-        return lambda: dagster_overhead.run(size)
+        return lambda: dagster_overhead.run(size, pg_url)
     if pg_url is None:
         return lambda: writes.run(size, None)
 

@@ -23,6 +23,7 @@ class Size:
     to_sql_sample: int = 50_000  # rows timed for pandas.to_sql, scaled up
     sqlite_stocks: int = 2000
     dagster_partitions: int = 250
+    dagster_overhead_partitions: tuple[int, ...] = (250, 1000)
     scaling_stocks: tuple[int, ...] = (1000, 2000, 5000)
     scaling_workers: tuple[int, ...] = (1, 2, 4, 8)
     scaling_workers_stocks: int = 1000
@@ -51,6 +52,7 @@ TINY = Size(
     to_sql_sample=200,
     sqlite_stocks=50,
     dagster_partitions=3,
+    dagster_overhead_partitions=(3,),
     scaling_stocks=(10, 20),
     scaling_workers=(1, 2),
     scaling_workers_stocks=10,

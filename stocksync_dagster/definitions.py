@@ -4,11 +4,18 @@
 stocksync_dagster.definitions` all load `defs` from here.
 """
 
+import os
 from pathlib import Path
 
 import dagster as dg
 
 from stocksync_dagster.executors import executor_from_env
+
+# Dagster's own switch: a step's materializations of a range run (one per partition and asset)
+# are stored in one INSERT instead of one transaction each, with Postgres instance storage
+# (SQLite storage writes them one by one either way). Read by Dagster at each event, in the
+# process that executes the step; set it in the environment to override (0 turns it off).
+os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
 
 defs = dg.Definitions.merge(
     dg.load_from_defs_folder(path_within_project=Path(__file__).parent),

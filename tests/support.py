@@ -3,6 +3,7 @@
 import contextlib
 from collections.abc import Iterator
 
+import dagster as dg
 import sqlalchemy as sa
 
 from stocksync_dagster.core.warehouse import Warehouse
@@ -17,3 +18,14 @@ def closing_warehouse(url: str) -> Iterator[sa.Connection]:
             yield connection
     finally:
         warehouse.dispose()
+
+
+def materializations(
+    result: dg.ExecuteInProcessResult, asset: str
+) -> list[dg.AssetMaterialization]:
+    """The run's materializations of `asset` (one per partition), whatever step computed it."""
+    return [
+        event.step_materialization_data.materialization
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(asset)
+    ]

@@ -10,11 +10,12 @@ import pytest
 from stocksync_dagster.core.sources.base import FetchFailure, FetchResult
 from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.defs.market.jobs import range_tags
 from stocksync_dagster.defs.reference.assets import stock_basic, trade_calendar
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 from tests.conftest import DEMO_END, DEMO_START
+from tests.support import materializations
 
 STOCKS = 20
 WEEK = ["2025-08-04", "2025-08-05", "2025-08-06", "2025-08-07", "2025-08-08"]
@@ -65,7 +66,7 @@ def test_range_run_fetches_once_and_each_partition_reports_its_own_day(
     start, end = DEMO_START.isoformat(), DEMO_END.isoformat()
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [daily_bars, adj_factor],
+            [market_data],
             resources=resources(warehouse_url),
             tags=range_tags(start, end),
             instance=instance,
@@ -116,7 +117,8 @@ def test_a_closed_day_inside_a_range_run_says_so_on_its_own_partition(sqlite_url
     source = ClosedWednesdayResource(stocks=STOCKS)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [daily_bars],
+            [market_data],
+            selection=["daily_bars"],
             resources=resources(sqlite_url, source),
             tags=range_tags(WEEK[0], WEEK[-1]),
             instance=instance,
@@ -154,10 +156,11 @@ def test_a_failed_stock_and_a_rejected_row_show_on_their_own_day_only(sqlite_url
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [daily_bars],
+            [market_data],
+            selection=["daily_bars"],
             resources=resources(sqlite_url, Resource(stocks=STOCKS)),
             tags=range_tags(WEEK[0], WEEK[-1]),
-            run_config=dg.RunConfig(ops={"daily_bars": {"config": {"max_failed_share": 0.5}}}),
+            run_config=dg.RunConfig(ops={"market_data": {"config": {"max_failed_share": 0.5}}}),
             instance=instance,
         )
         assert result.success
@@ -177,7 +180,11 @@ def test_a_repair_of_two_codes_keeps_the_days_full_row_count(sqlite_url: str) ->
     day = WEEK[1]
     with dg.instance_for_test() as instance:
         first = dg.materialize(
-            [daily_bars], resources=resources(sqlite_url), partition_key=day, instance=instance
+            [market_data],
+            selection=["daily_bars"],
+            resources=resources(sqlite_url),
+            partition_key=day,
+            instance=instance,
         )
         assert first.success
         full = stored_per_day(sqlite_url)[day]
@@ -185,10 +192,11 @@ def test_a_repair_of_two_codes_keeps_the_days_full_row_count(sqlite_url: str) ->
             DemoSource(n_stocks=STOCKS).market.bars(*[dt.date.fromisoformat(day)] * 2)["code"]
         )[:2]
         repair = dg.materialize(
-            [daily_bars],
+            [market_data],
+            selection=["daily_bars"],
             resources=resources(sqlite_url),
             partition_key=day,
-            run_config=dg.RunConfig(ops={"daily_bars": {"config": {"codes": codes}}}),
+            run_config=dg.RunConfig(ops={"market_data": {"config": {"codes": codes}}}),
             instance=instance,
         )
         assert repair.success
@@ -217,30 +225,33 @@ def test_reference_assets_fill_calendar_and_master(sqlite_url: str) -> None:
 @pytest.mark.parametrize(
     "asset, columns",
     [
-        (trade_calendar, {"cal_date": "date", "is_open": "boolean"}),
-        (stock_basic, {"code": "varchar(12)", "list_date": "date"}),
-        (daily_bars, {"trade_date": "date", "volume": "bigint", "amount": "double"}),
-        (adj_factor, {"code": "varchar(12)", "adj_factor": "double"}),
+        ("trade_calendar", {"cal_date": "date", "is_open": "boolean"}),
+        ("stock_basic", {"code": "varchar(12)", "list_date": "date"}),
+        ("daily_bars", {"trade_date": "date", "volume": "bigint", "amount": "double"}),
+        ("adj_factor", {"code": "varchar(12)", "adj_factor": "double"}),
     ],
 )
-def test_every_table_asset_carries_its_column_schema(
-    asset: dg.AssetsDefinition, columns: dict[str, str]
-) -> None:
-    schema = asset.specs_by_key[asset.key].metadata["dagster/column_schema"]
+def test_every_table_asset_carries_its_column_schema(asset: str, columns: dict[str, str]) -> None:
+    key = dg.AssetKey(asset)
+    definition = next(d for d in (trade_calendar, stock_basic, market_data) if key in d.keys)
+    schema = definition.specs_by_key[key].metadata["dagster/column_schema"]
     assert isinstance(schema, dg.TableSchema)
     types = {c.name: c.type for c in schema.columns}
     assert columns.items() <= types.items()
     described = {c.name: c.description for c in schema.columns}
-    if asset is daily_bars:
+    if asset == "daily_bars":
         assert described["volume"] == "shares" and described["amount"] == "CNY"
 
 
 def test_previews_are_tables_with_plain_numbers_and_iso_dates(sqlite_url: str) -> None:
     result = dg.materialize(
-        [stock_basic, daily_bars], resources=resources(sqlite_url), partition_key=WEEK[0]
+        [stock_basic, market_data],
+        selection=["stock_basic", "daily_bars"],
+        resources=resources(sqlite_url),
+        partition_key=WEEK[0],
     )
     assert result.success
-    bars = result.asset_materializations_for_node("daily_bars")[0].metadata["preview"]
+    bars = materializations(result, "daily_bars")[0].metadata["preview"]
     assert isinstance(bars, dg.TableMetadataValue)
     first = bars.records[0].data
     assert first["trade_date"] == WEEK[0]
@@ -255,12 +266,18 @@ def test_lookback_refetches_earlier_days_and_reports_them_as_run_figures(
     sqlite_url: str,
 ) -> None:
     res = resources(sqlite_url)
-    assert dg.materialize([daily_bars], partition_key="2025-08-15", resources=res).success
-    config = dg.RunConfig(ops={"daily_bars": {"config": {"lookback_days": 3}}})
+    assert dg.materialize(
+        [market_data], selection=["daily_bars"], partition_key="2025-08-15", resources=res
+    ).success
+    config = dg.RunConfig(ops={"market_data": {"config": {"lookback_days": 3}}})
     second = dg.materialize(
-        [daily_bars], partition_key="2025-08-18", resources=res, run_config=config
+        [market_data],
+        selection=["daily_bars"],
+        partition_key="2025-08-18",
+        resources=res,
+        run_config=config,
     )
-    [event] = second.asset_materializations_for_node("daily_bars")
+    [event] = materializations(second, "daily_bars")
     metadata = {k: v.value for k, v in event.metadata.items()}
     assert event.partition == "2025-08-18" and metadata["trade_date"] == "2025-08-18"
     assert metadata[ROW_COUNT] == stored_per_day(sqlite_url)["2025-08-18"]
@@ -288,9 +305,10 @@ def test_too_many_failed_stocks_fail_the_step_after_writing(
         def make_source(self) -> DemoSource:
             return Flaky(n_stocks=self.stocks, seed=self.seed)
 
-    config = dg.RunConfig(ops={"daily_bars": {"config": {"max_failed_share": share}}})
+    config = dg.RunConfig(ops={"market_data": {"config": {"max_failed_share": share}}})
     result = dg.materialize(
-        [daily_bars],
+        [market_data],
+        selection=["daily_bars"],
         partition_key=WEEK[0],
         resources=resources(sqlite_url, FlakyResource(stocks=STOCKS)),
         run_config=config,

@@ -25,9 +25,9 @@ from stocksync_dagster.core.sources.base import FetchResult, MarketSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.resources import MarketSourceResource, WarehouseResource
-from tests.support import closing_warehouse
+from tests.support import closing_warehouse, materializations
 
 DAY = dt.date(2025, 8, 5)
 HOSTILE = "600000.SH'); DROP TABLE daily_bar;--"
@@ -125,7 +125,7 @@ def materialize_bars_capturing_sql(
     sa.event.listen(engine, "before_cursor_execute", listener)
     try:
         result = dg.materialize(
-            [daily_bars, adj_factor],
+            [market_data],
             selection=["daily_bars"],
             tags=TAGS,
             raise_on_error=False,
@@ -146,7 +146,7 @@ def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written
     result, statements = materialize_bars_capturing_sql(warehouse_url)
     assert result.success
     _, reasons = malformed_rows()
-    metadata = result.asset_materializations_for_node("daily_bars")[0].metadata
+    metadata = materializations(result, "daily_bars")[0].metadata
     assert metadata["rejected_rows"].value == len(reasons) + 1
     shown = {record.data["reason"] for record in metadata["rejected_reasons"].value.records}
     assert set(reasons.values()) <= shown
@@ -164,7 +164,7 @@ def test_malformed_rows_are_rejected_with_findable_reasons_and_good_rows_written
 
 
 def test_hostile_codes_in_run_config_are_refused_and_never_reach_sql(warehouse_url: str) -> None:
-    codes = {"ops": {"daily_bars": {"config": {"codes": [HOSTILE, "x' OR '1'='1"]}}}}
+    codes = {"ops": {"market_data": {"config": {"codes": [HOSTILE, "x' OR '1'='1"]}}}}
     result, statements = materialize_bars_capturing_sql(warehouse_url, codes)
     assert not result.success  # refused before any fetch: not codes in 600000.SH form
     failure = result.get_step_failure_events()[0].step_failure_data.error

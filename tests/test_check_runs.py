@@ -51,7 +51,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
     result = run_job(defs, "market_sync", days, instance=instance)
     assert result.success
     steps = steps_started(result)
-    assert sorted(steps) == ["adj_factor", "adj_factor_checks", "daily_bars", "daily_bars_checks"]
+    assert sorted(steps) == ["adj_factor_checks", "daily_bars_checks", "market_data"]
     evaluations = result.get_asset_check_evaluations()
     by_asset = {
         asset: sorted(e.check_name for e in evaluations if e.asset_key.to_user_string() == asset)
@@ -157,7 +157,7 @@ def test_failing_stock_basic_integrity_blocks_the_market_assets(
     assert not result.success
     failed = [e.step_key for e in result.all_events if e.is_step_failure]
     assert failed == ["stock_basic_stock_basic_integrity"]
-    assert not {"daily_bars", "adj_factor"} & set(steps_started(result))
+    assert "market_data" not in steps_started(result)
     assert not instance.get_materialized_partitions(dg.AssetKey("daily_bars"))
 
 

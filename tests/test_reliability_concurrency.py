@@ -34,10 +34,10 @@ from pathlib import Path
 url, folder, role = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 import dagster as dg
 from stocksync_dagster.core import sync
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 
-assets = [daily_bars, adj_factor]
+assets = [market_data]
 go = folder / "go"
 if role == "holder":
     real_upsert = sync.upsert_frame

@@ -17,7 +17,7 @@ from stocksync_dagster.core import sync
 from stocksync_dagster.core.sources.demo import shared_market
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.core.warehouse import engine as warehouse_engine
-from stocksync_dagster.defs.market.assets import daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.resources import DemoSourceResource, WarehouseResource
 from stocksync_dagster.resources import warehouse as warehouse_resource
 from tests.conftest import _truncate
@@ -80,12 +80,12 @@ def count_rows(url: str) -> int:
 
 
 # The assets' own RetryPolicy (STOCKSYNC_SOURCE_RETRIES; tests/conftest.py: 2 retries, 0.1 s).
-RETRIES = daily_bars.op.retry_policy.max_retries  # type: ignore[union-attr]
+RETRIES = market_data.op.retry_policy.max_retries  # type: ignore[union-attr]
 
 
 def run(proxy_url: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [daily_bars],
+        [market_data],
         selection=["daily_bars"],
         resources={
             "source": DemoSourceResource(stocks=STOCKS),

@@ -331,7 +331,7 @@ def test_long_range_run_with_random_faults_ends_exact_or_recorded_then_healed(
             # 1 stock of 33 (3%) may fail and be recorded: above the 1% default, the step
             # retries would fetch it before the repair path is taken
             tolerant = {"config": {"max_failed_share": 0.05}}
-            config = {"ops": {"daily_bars": tolerant, "adj_factor": tolerant}}
+            config = {"ops": {"market_data": tolerant}}
             run(instance, source, warehouse_url, range_tags(start, end), run_config=config)
             if not isinstance(server, FakeBaostockServer):
                 server.remove_fault(victim_day)

@@ -51,8 +51,8 @@ def test_nightly_requests_the_trading_day_with_lookback(defs: dg.Definitions) ->
     assert request.partition_key == "2026-11-20"
     assert request.run_key == "nightly:2026-11-20"
     assert request.tags["stocksync/trigger"] == "nightly"
-    for asset in ("daily_bars", "adj_factor"):
-        assert request.run_config["ops"][asset]["config"] == {"lookback_days": 5}
+    # one step computes both assets: one config
+    assert request.run_config["ops"] == {"market_data": {"config": {"lookback_days": 5}}}
 
 
 @pytest.mark.parametrize(
@@ -219,4 +219,4 @@ def test_schedule_times_and_lookback_come_from_the_environment(sqlite_url: str) 
     assert out.returncode == 0, out.stderr[-3000:]
     nightly, catch_up, run_config, retry = json.loads(out.stdout.strip().splitlines()[-1])
     assert (nightly, catch_up, retry) == ("5 19 * * 1-5", "45 7 * * *", "10 23 * * 1-5")
-    assert run_config["ops"]["daily_bars"]["config"] == {"lookback_days": 2}
+    assert run_config["ops"]["market_data"]["config"] == {"lookback_days": 2}

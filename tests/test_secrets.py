@@ -23,7 +23,7 @@ from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.defs.health import alerts
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.resources import TushareSourceResource, WarehouseResource
 from tests.conftest import _truncate
 from tests.fakes.tushare_server import FakeTushareServer
@@ -69,7 +69,7 @@ def with_password(url: str, port: int | None = None) -> str:
 def run(instance: dg.DagsterInstance, api_url: str) -> dg.ExecuteInProcessResult:
     """A range run with resources built as definitions.py builds them: secrets as EnvVars."""
     return dg.materialize(
-        [daily_bars, adj_factor],
+        [market_data],
         instance=instance,
         resources={
             "source": TushareSourceResource(

@@ -202,12 +202,12 @@ def test_repair_sensor_refetches_only_failed_stocks_and_gives_up_after_the_limit
         ]
         configs = [r.run_config["ops"] for r in data.run_requests]
         assert configs[0] == {
-            "adj_factor": {"config": {"codes": None, "max_retries": MAX_ATTEMPTS}}
+            "market_data": {"config": {"codes": None, "max_retries": MAX_ATTEMPTS}}
         }
         assert configs[1] == {
-            "daily_bars": {"config": {"codes": sorted([a, b]), "max_retries": MAX_ATTEMPTS}}
+            "market_data": {"config": {"codes": sorted([a, b]), "max_retries": MAX_ATTEMPTS}}
         }
-        assert configs[2]["daily_bars"]["config"]["codes"] == [c]
+        assert configs[2]["market_data"]["config"]["codes"] == [c]
         assert data.run_requests[1].tags["stocksync/repair_stocks"] == "2 stocks"
 
         # Run the a/b repair for real with the demo source: those rows are resolved.

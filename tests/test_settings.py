@@ -90,10 +90,10 @@ def test_source_retries_feed_every_source_assets_retry_policy() -> None:
     """tests/conftest.py: STOCKSYNC_SOURCE_RETRIES=2, STOCKSYNC_SOURCE_RETRY_DELAY_SECONDS=0.1."""
     import dagster as dg
 
-    from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+    from stocksync_dagster.defs.market.assets import market_data
     from stocksync_dagster.defs.reference.assets import stock_basic, trade_calendar
 
-    for asset in (daily_bars, adj_factor, trade_calendar, stock_basic):
+    for asset in (market_data, trade_calendar, stock_basic):
         policy = asset.op.retry_policy
         assert policy is not None
         assert (policy.max_retries, policy.delay) == (2, 0.1)

@@ -4,6 +4,7 @@ cannot be fetched lands in `sync_failure` and heals on a later fetch.
 """
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     TushareSourceResource,
@@ -26,6 +27,7 @@ from stocksync_dagster.resources import (
 )
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
+from tests.support import materializations
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -107,7 +109,7 @@ def expected(frame: pd.DataFrame) -> pd.DataFrame:
 def materialize(resource: dg.ConfigurableResource, url: str, **kwargs) -> dg.ExecuteInProcessResult:
     resources = {"source": resource, "warehouse": WarehouseResource(url=url)}
     return dg.materialize(
-        [daily_bars, adj_factor],
+        [market_data],
         resources=resources,
         tags=kwargs.pop("tags", range_tags()),
         raise_on_error=False,
@@ -153,10 +155,10 @@ def test_a_stock_that_keeps_failing_is_recorded_then_repaired(
     result = materialize(
         baostock_resource(baostock_server),
         sqlite_url,
-        run_config=dg.RunConfig(ops={"daily_bars": tolerant, "adj_factor": tolerant}),
+        run_config=dg.RunConfig(ops={"market_data": tolerant, "adj_factor": tolerant}),
     )
     assert result.success  # 1 of ~48 stocks (2%) is below a max_failed_share of 5%
-    metadata = result.asset_materializations_for_node("daily_bars")[0].metadata
+    metadata = materializations(result, "daily_bars")[0].metadata
     assert metadata["failed_stocks"].value == 1 and victim in metadata["failed_codes"].value
     open_rows = failures(sqlite_url)
     assert set(open_rows["code"]) == {victim}
@@ -164,7 +166,7 @@ def test_a_stock_that_keeps_failing_is_recorded_then_repaired(
     assert victim not in set(read(sqlite_url, "daily_bar")["code"])
 
     baostock_server.clear_faults()
-    config = dg.RunConfig(ops={"daily_bars": {"config": {"codes": [victim]}}})
+    config = dg.RunConfig(ops={"market_data": {"config": {"codes": [victim]}}})
     repair = materialize(
         baostock_resource(baostock_server),
         sqlite_url,
@@ -214,14 +216,14 @@ def _cli_materialize(tmp_path: Path, env: dict[str, str]) -> sqlite3.Connection:
     )
     command = [
         str(Path(sys.executable).with_name("dagster")),
-        "asset",
-        "materialize",
+        "job",
+        "execute",
         "-m",
         "stocksync_dagster.definitions",
-        "--select",
-        "daily_bars,adj_factor",
-        "--partition-range",
-        f"{START}...{END}",
+        "-j",
+        "market_sync",
+        "--tags",
+        json.dumps(range_tags()),
     ]
     done = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=110

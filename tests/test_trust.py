@@ -24,7 +24,7 @@ from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range, sync_reference_table
 from stocksync_dagster.core.warehouse import Warehouse, schema
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.defs.market.repair import repair_sensor
 from stocksync_dagster.resources import (
     BaostockSourceResource,
@@ -35,6 +35,7 @@ from stocksync_dagster.resources import (
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
 from tests.orchestration import DEMO_STOCKS, build_defs, materialize_range, recent_trading_days
+from tests.support import materializations
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def materialize_bars(
     run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [daily_bars, adj_factor],
+        [market_data],
         selection=["daily_bars"],
         resources={"source": source, "warehouse": WarehouseResource(url=url)},
         instance=instance,
@@ -117,7 +118,7 @@ def run_requests(
     for request in requests:
         selection = [k.to_user_string() for k in request.asset_selection or []]
         result = dg.materialize(
-            [daily_bars, adj_factor],
+            [market_data],
             selection=selection,
             resources={"source": source, "warehouse": WarehouseResource(url=url)},
             instance=instance,
@@ -129,7 +130,7 @@ def run_requests(
 
 
 def request_scope(request: dg.RunRequest) -> tuple[str, str, tuple[str, ...] | None]:
-    config = (request.run_config or {}).get("ops", {}).get("daily_bars", {}).get("config", {})
+    config = (request.run_config or {}).get("ops", {}).get("market_data", {}).get("config", {})
     codes = config.get("codes")
     return (
         request.tags["dagster/asset_partition_range_start"],
@@ -251,16 +252,14 @@ def test_baostock_omitting_a_traded_stock_records_it_then_heals(
             server=server.address, workers=2, max_attempts=2, backoff_seconds=0.01
         )
         server.omit(victim, day)
-        tolerant = {"ops": {"daily_bars": {"config": {"max_failed_share": 0.05}}}}
+        tolerant = {"ops": {"market_data": {"config": {"max_failed_share": 0.05}}}}
         result = materialize_bars(source, sqlite_url, instance, tags_for(START, END), tolerant)
         assert result.success  # 1 of 60 stocks on one day: within 5%, and recorded
         recorded = open_failures(sqlite_url)
         assert list(zip(recorded["code"], recorded["trade_date"], strict=True)) == [(victim, day)]
         assert recorded["error_class"].tolist() == ["MissingFromSource"]
         materialization = next(
-            e
-            for e in result.asset_materializations_for_node("daily_bars")
-            if e.partition == day.isoformat()
+            e for e in materializations(result, "daily_bars") if e.partition == day.isoformat()
         )
         assert materialization.metadata["failed_stocks"].value == 1
 
@@ -449,7 +448,7 @@ def test_a_codes_typo_and_a_negative_share_are_refused_in_one_line(sqlite_url: s
                     sqlite_url,
                     instance,
                     tags_for(START, START),
-                    {"ops": {"daily_bars": {"config": config}}},
+                    {"ops": {"market_data": {"config": config}}},
                 )
             except dg.DagsterInvalidConfigError as exc:  # refused before the run starts
                 return str(exc)

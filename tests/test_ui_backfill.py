@@ -261,7 +261,7 @@ def test_ui_backfill_then_gap_automation_heals_a_deleted_partition(ui: UI) -> No
     }
     assert ranges == {(history[0], history[-1])}  # one range run, the newest day not in it
     assert tags["datasource"] == "demo"  # the source's run-level concurrency limit applies
-    assert "dagster/backfill" in tags  # a backfill: the single-run policy made range runs
+    assert "dagster/backfill" in tags  # a backfill: the multi-run policy made range runs
     assert {t["key"]: t["value"] for t in gap_runs[0]["tags"]}["dagster/backfill"] == tags[
         "dagster/backfill"
     ]  # one tick, one backfill
@@ -281,12 +281,12 @@ def test_ui_backfill_of_both_market_assets_is_one_run_with_each_partitions_own_f
         DAYS[0],
         DAYS[-1],
     )  # one run for the whole range, both assets in it
-    # All checks of an asset are evaluated together: one step per asset, not one per check.
+    # One step fetches both assets (one source session); all checks of an asset are evaluated
+    # together: one step per asset, not one per check.
     assert sorted(s["stepKey"] for s in run["stepStats"]) == [
-        "adj_factor",
         "adj_factor_checks",
-        "daily_bars",
         "daily_bars_checks",
+        "market_data",
     ]
     assert {s["status"] for s in run["stepStats"]} == {"SUCCESS"}
     # ... and every one of them was evaluated in that run (passed, or failed with a reason).

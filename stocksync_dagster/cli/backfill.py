@@ -1,4 +1,9 @@
-"""`stocksync backfill START END`: one range run of the `market_sync` job on the instance."""
+"""`stocksync backfill START END`: range runs of the `market_sync` job on the instance.
+
+A range longer than MAX_PARTITIONS_PER_RUN trading days runs as consecutive runs of at most
+that many partitions (the assets' backfill policy), one after the other: a crash or a failure
+costs at most one run, and the message names the range still to load.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +71,7 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Seque
     from stocksync_dagster.definitions import defs
     from stocksync_dagster.defs.market.jobs import TRIGGER_TAG, range_tags
     from stocksync_dagster.defs.market.partitions import trading_days
+    from stocksync_dagster.defs.policies import MAX_PARTITIONS_PER_RUN
 
     selected = backfill_assets(assets)
     if settings.source == "tushare" and not settings.tushare_tokens:
@@ -84,18 +90,41 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Seque
         f"({len(in_range)} trading days) from {settings.source}, job {BACKFILL_JOB}"
     )
     began = time.monotonic()
-    outcome = run_job(
-        defs,
-        instance,
-        BACKFILL_JOB,
-        click.echo,
-        tags={TRIGGER_TAG: "cli-backfill", **range_tags(in_range[0], in_range[-1])},
-        assets=None if selected == backfill_assets(()) else selected,
-        log_level="INFO",  # a long history load shows the sources' progress as it goes
+    chunks = partition_chunks(in_range, MAX_PARTITIONS_PER_RUN)
+    outcomes = []
+    for number, chunk in enumerate(chunks, 1):
+        if len(chunks) > 1:
+            days = f"{len(chunk)} trading day{'s' if len(chunk) > 1 else ''}"
+            click.echo(f"run {number}/{len(chunks)}: {chunk[0]}..{chunk[-1]} ({days})")
+        outcome = run_job(
+            defs,
+            instance,
+            BACKFILL_JOB,
+            click.echo,
+            tags={TRIGGER_TAG: "cli-backfill", **range_tags(chunk[0], chunk[-1])},
+            assets=None if selected == backfill_assets(()) else selected,
+            log_level="INFO",  # a long history load shows the sources' progress as it goes
+        )
+        outcomes.append(outcome)
+        if not outcome.success and number < len(chunks):
+            click.echo(
+                f"stopping: {chunk[0]}..{chunk[-1]} failed; {chunk[0]}..{in_range[-1]} is still "
+                f"to load: `stocksync backfill {chunk[0]} {in_range[-1]}`"
+            )
+            break
+    passed, evaluated = print_checks(outcomes, click.echo)
+    for outcome in outcomes:
+        require_success(outcome)
+    runs = (
+        f"run {outcomes[0].run_id} ({BACKFILL_JOB})"
+        if len(outcomes) == 1
+        else f"{len(outcomes)} runs of {BACKFILL_JOB} ({', '.join(o.run_id for o in outcomes)})"
     )
-    passed, evaluated = print_checks([outcome], click.echo)
-    require_success(outcome)
     click.echo(
-        f"done in {time.monotonic() - began:.1f}s: run {outcome.run_id} ({BACKFILL_JOB}); "
-        f"checks {passed}/{evaluated} passed"
+        f"done in {time.monotonic() - began:.1f}s: {runs}; checks {passed}/{evaluated} passed"
     )
+
+
+def partition_chunks(keys: Sequence[str], size: int) -> list[list[str]]:
+    """`keys` in consecutive runs of at most `size` partitions (the backfill policy's bound)."""
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]

@@ -129,10 +129,15 @@ def run_job(
     """
     tags = dict(tags or {})
     run_config = dict(run_config or {})
-    if daemon_is_running(instance):
-        run_id = _submit(defs, job_name, tags, run_config, assets, echo)
+    ops = _op_selection(defs, assets) if assets else None
+    if daemon_is_running(instance) and ops != []:
+        run_id = _submit(job_name, tags, run_config, ops, echo)
     else:
-        echo(f"{job_name}: no Dagster daemon is running: running in this process")
+        if ops == []:
+            # `dagster job launch` selects steps, and one step computes both market assets
+            echo(f"{job_name}: only {', '.join(assets or ())}: running in this process")
+        else:
+            echo(f"{job_name}: no Dagster daemon is running: running in this process")
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
             tags=tags,
@@ -145,15 +150,13 @@ def run_job(
 
 
 def _submit(
-    defs: dg.Definitions,
     job_name: str,
     tags: Mapping[str, str],
     run_config: Mapping[str, object],
-    assets: Sequence[str] | None,
+    ops: Sequence[str] | None,
     echo: Echo,
 ) -> str:
     run_id = str(uuid.uuid4())
-    ops = _op_selection(defs, assets) if assets else None
     command = launch_command(job_name, run_id, tags, run_config, ops)
     launched = subprocess.run(
         command, capture_output=True, text=True, check=False, env=dict(os.environ)
@@ -184,9 +187,13 @@ def launch_error(stderr: str) -> str:
 
 
 def _op_selection(defs: dg.Definitions, assets: Sequence[str]) -> list[str]:
-    """The ops computing `assets` plus the check ops that only target them."""
+    """The ops computing `assets` plus the check ops that only target them; [] when an op
+    also computes assets that are not asked for (an op selection would run them too)."""
     keys = {dg.AssetKey(a) for a in assets}
-    ops = [defs.resolve_assets_def(key).node_def.name for key in keys]
+    computing = [defs.resolve_assets_def(key) for key in keys]
+    if any(not set(op.keys) <= keys for op in computing):
+        return []
+    ops = [op.node_def.name for op in computing]
     for checks in defs.asset_checks or []:
         if isinstance(checks, dg.AssetChecksDefinition) and all(
             check.asset_key in keys for check in checks.check_keys

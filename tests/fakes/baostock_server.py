@@ -127,6 +127,7 @@ class FakeBaostockServer:
         self.latency = latency_ms / 1000.0
         self.hang_seconds = hang_seconds
         self.requests: Counter[str] = Counter()  # method -> requests (pages count)
+        self.stock_requests: Counter[tuple[str, str]] = Counter()  # (method, sh.600000) -> requests
         self.logins = 0
         self._faults: list[Fault] = []
         self.omitted: set[tuple[str, str]] = set()  # (sh.600000, YYYY-MM-DD) rows left out
@@ -315,6 +316,8 @@ class FakeBaostockServer:
             time.sleep(self.latency)
         with self._lock:
             self.requests[method] += 1
+            if code is not None:
+                self.stock_requests[method, code] += 1
             fault = next((f for f in self._faults if f.matches(method, code, page)), None)
             if fault is not None and fault.times is not None:
                 fault.times -= 1

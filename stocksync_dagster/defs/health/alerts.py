@@ -49,11 +49,30 @@ def step_failure_text(step_failures: Sequence[dg.DagsterEvent]) -> str | None:
     return _MODULE_PATH.sub("", error.message)
 
 
-def run_assets(run: dg.DagsterRun, step_failures: Sequence[dg.DagsterEvent]) -> tuple[str, ...]:
-    """The run's selected assets, else the steps that failed."""
+def run_assets(
+    run: dg.DagsterRun,
+    step_failures: Sequence[dg.DagsterEvent],
+    instance: dg.DagsterInstance | None = None,
+) -> tuple[str, ...]:
+    """The run's selected assets, else the assets the failed steps planned (one step can
+    compute several, e.g. `market_data`), else the steps that failed."""
     if run.asset_selection:
         return tuple(sorted(k.to_user_string() for k in run.asset_selection))
-    return tuple(sorted({e.step_key for e in step_failures if e.step_key}))
+    steps = {e.step_key for e in step_failures if e.step_key}
+    if instance is not None:
+        planned = instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=10_000
+        ).records
+        assets = {
+            r.event_log_entry.dagster_event.asset_key.to_user_string()
+            for r in planned
+            if r.event_log_entry.step_key in steps
+            and r.event_log_entry.dagster_event is not None
+            and r.event_log_entry.dagster_event.asset_key is not None
+        }
+        if assets:
+            return tuple(sorted(assets))
+    return tuple(sorted(steps))
 
 
 def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequence[str]) -> Alert:
@@ -64,7 +83,7 @@ def alert_for(context: dg.RunFailureSensorContext, ui_url: str, secrets: Sequenc
     return Alert(
         job=run.job_name,
         run_id=run.run_id,
-        assets=run_assets(run, step_failures),
+        assets=run_assets(run, step_failures, context.instance),
         partitions=run_partitions_text(dict(run.tags)),
         error=first_line(message, secrets),
         run_url=f"{ui_url.rstrip('/')}/runs/{run.run_id}",

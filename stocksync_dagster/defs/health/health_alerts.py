@@ -209,7 +209,7 @@ def failed_run_alerts(
             Alert(
                 job=run.job_name,
                 run_id=run.run_id,
-                assets=run_assets(run, failures),
+                assets=run_assets(run, failures, instance),
                 partitions=run_partitions_text(dict(run.tags)),
                 error=first_line(message, settings.tushare_tokens),
                 run_url=f"{settings.ui_url}/runs/{run.run_id}",

@@ -1,8 +1,9 @@
 """The gap sensor: Dagster's automation sensor evaluating `GAP_FILL` on the market assets.
 
 What it selects becomes one asset backfill per tick, so contiguous keys run as range runs
-under the assets' `BackfillPolicy.single_run()`. Named `gap_automation_sensor`, not
-`gap_sensor`: an automation sensor cannot read the cursor the old hand-made sensor stored.
+under the assets' backfill policy (`MARKET_BACKFILL_POLICY`: runs of at most 250 partitions).
+Named `gap_automation_sensor`, not `gap_sensor`: an automation sensor cannot read the cursor
+the old hand-made sensor stored.
 """
 
 import dagster as dg

@@ -1,11 +1,11 @@
 """Jobs launched by the schedules, sensors and the CLI; their run tags and run config."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
 from stocksync_dagster.core.settings import current_settings
-from stocksync_dagster.defs.market.assets import MARKET_ASSETS, MARKET_GROUP
+from stocksync_dagster.defs.market.assets import MARKET_ASSET_KEYS, MARKET_GROUP, MARKET_OP
 from stocksync_dagster.defs.reference.assets import REFERENCE_GROUP
 
 # Run tags: `datasource` is what dagster.yaml's tag concurrency limit keys on; the trigger tag
@@ -39,8 +39,9 @@ market_sync = dg.define_asset_job(
     "market_sync",
     selection=dg.AssetSelection.groups(MARKET_GROUP),
     tags={**_RUN_TAGS, MAX_RUNTIME_TAG: str(MARKET_MAX_RUNTIME_SECONDS)},
-    description="daily_bars and adj_factor over one partition or a range (one run, one fetch per "
-    "range), with their checks. Launched by `stocksync backfill`, the repair sensor and the UI.",
+    description="daily_bars and adj_factor over one partition or a range (one step, one source "
+    "session per range), with their checks. Launched by `stocksync backfill`, the repair "
+    "sensor and the UI.",
 )
 
 reference_sync = dg.define_asset_job(
@@ -53,15 +54,14 @@ reference_sync = dg.define_asset_job(
 
 def market_asset_names() -> tuple[str, ...]:
     """`daily_bars`, `adj_factor`: read off the asset definitions, never kept by hand."""
-    return tuple(asset.key.to_user_string() for asset in MARKET_ASSETS)
+    return tuple(key.to_user_string() for key in MARKET_ASSET_KEYS)
 
 
-def market_run_config(assets: Iterable[str] | None = None, **config: object) -> dict[str, object]:
-    """Run config setting `MarketSyncConfig` fields on the selected market assets."""
+def market_run_config(**config: object) -> dict[str, object]:
+    """Run config setting `MarketSyncConfig` fields on the market step (both assets share it)."""
     if not config:
         return {}
-    names = market_asset_names() if assets is None else assets
-    return {"ops": {asset: {"config": dict(config)} for asset in names}}
+    return {"ops": {MARKET_OP: {"config": dict(config)}}}
 
 
 def range_tags(start: str, end: str) -> dict[str, str]:

@@ -107,7 +107,6 @@ def repair_requests(
     requests = []
     for group in groups:
         config = market_run_config(
-            [group.asset],
             codes=list(group.codes) if group.codes else None,
             max_retries=MAX_ATTEMPTS,
         )
