@@ -785,4 +785,3 @@ def sync_reference_table(table: sa.Table, frame: pd.DataFrame, warehouse: Wareho
     """Upsert a whole reference table (calendar, security master) in one transaction."""
     with warehouse.begin() as connection:
         return upsert_frame(connection, table, frame)
-
