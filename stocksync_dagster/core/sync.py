@@ -24,7 +24,9 @@ from stocksync_dagster.core.warehouse import (
     UpsertStats,
     Warehouse,
     counts,
+    daily_status,
     failures,
+    revisions,
     schema,
     suspensions,
 )
@@ -99,6 +101,8 @@ class SyncReport:
     """Suspensions per day the source reported (bars only)."""
     refetched: int = 0
     """(code, day) pairs absent from the first reply that a per-stock re-fetch recovered."""
+    revisions: dict[dt.date, int] = field(default_factory=dict)
+    """Stored rows per day whose values this sync changed (kept in the revision table)."""
 
     @property
     def market_open(self) -> bool:
@@ -164,6 +168,7 @@ def sync_market_range(
     codes: Sequence[str] | None = None,
     max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
     max_retries: int = failures.DEFAULT_MAX_RETRIES,
+    run_id: str | None = None,
 ) -> SyncReport:
     """Fetch [start, end] in one range call, validate, and write it in one transaction.
 
@@ -171,6 +176,7 @@ def sync_market_range(
     are re-fetched per stock once, and the ones still absent are recorded in `sync_failure`.
     Raises TooManyFailuresError after writing when more than `max_failed_share` of the stocks
     (or any whole open day) could not be fetched, so Dagster's retry policy takes over.
+    Stored rows whose values change keep their old values in the revision table (`run_id`).
     """
     if not 0 <= max_failed_share <= 1:
         raise ConfigError("max_failed_share", f"{max_failed_share} is not in [0, 1]")
@@ -190,8 +196,14 @@ def sync_market_range(
     good, rejected = dataset.validate(result.frame, start, end)
     rejected = [*result.rejected, *rejected]
     result.frame = result.frame.iloc[:0]  # a year of the market: free the raw copy before writing
+    revised_at = dt.datetime.now(dt.UTC)
     with warehouse.begin() as connection:
-        stats = upsert_frame(connection, dataset.table, good)
+        stats = upsert_frame(connection, dataset.table, good, run_id=run_id, revised_at=revised_at)
+        revised = (
+            revisions.per_day(connection, dataset.table, revised_at, start, end)
+            if stats.revised
+            else {}
+        )
         failure_rows = failures.record_failures(
             connection, dataset.asset, result.failures, open_days, max_retries
         )
@@ -214,6 +226,15 @@ def sync_market_range(
                 codes,
                 source.label,
             )
+            synced_days = [d for d in open_days if d not in failed_days]
+            daily_status.replace_statuses(
+                connection,
+                daily_status.status_frame(
+                    good, result.suspensions, result.st, synced_days, codes, source.label
+                ),
+                synced_days,
+                codes,
+            )
         stored_rows = counts.rows_per_day(connection, dataset.table, start, end)
     report = SyncReport(
         asset=dataset.asset,
@@ -233,6 +254,7 @@ def sync_market_range(
         stored_rows=stored_rows,
         suspended=_per_day(result.suspensions),
         refetched=refetched,
+        revisions=revised,
     )
     _raise_if_too_many_failures(report, max_failed_share)
     return report

@@ -86,13 +86,15 @@ def _sync(
             config.codes,
             config.max_failed_share,
             config.max_retries,
+            run_id=context.run_id,
         )
     except ConfigError as exc:  # a retry cannot fix the run's own config
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     context.log.info(
         f"{dataset.asset}: {len(report.frame)} rows for {len(report.open_days)} open days in "
         f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write; "
-        f"{report.stats.inserted} new, {report.stats.updated} changed, "
+        f"{report.stats.inserted} new, {report.stats.updated} changed "
+        f"({report.stats.revised} revised values kept), "
         f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
     )
     # One materialization per partition: its own day's figures first, then the run's (run_*).
