@@ -63,6 +63,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
             "complete_per_day",
             "fresh",
             "no_missing_trading_days",
+            "no_old_history_revised",
             "no_open_sync_failures",
             "ohlc_sanity",
         ],
@@ -71,6 +72,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
             "factor_coverage",
             "fresh",
             "no_missing_trading_days",
+            "no_old_history_revised",
             "no_open_sync_failures",
         ],
     }

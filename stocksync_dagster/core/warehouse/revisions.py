@@ -7,6 +7,7 @@ import datetime as dt
 import pandas as pd
 import sqlalchemy as sa
 
+from stocksync_dagster.core.trading_calendar import SHANGHAI
 from stocksync_dagster.core.warehouse.schema import REVISION_TABLES
 
 
@@ -31,7 +32,8 @@ def per_day(
 def revision_days(
     connection: sa.Connection, table: sa.Table, run_id: str | None = None
 ) -> pd.DataFrame:
-    """(trade_date, revised day (UTC), revisions, codes) of `table`, only `run_id`'s if given."""
+    """(trade_date, revised_on (Shanghai day), revisions, codes) of `table`'s revisions, only
+    `run_id`'s if given."""
     revision = REVISION_TABLES[table.name]
     c = revision.c
     query = sa.select(c.trade_date, c.revised_at, c.code)
@@ -43,7 +45,8 @@ def revision_days(
     if frame.empty:
         return pd.DataFrame(columns=["trade_date", "revised_on", "revisions", "codes"])
     frame["trade_date"] = frame["trade_date"].map(_day)
-    frame["revised_on"] = pd.to_datetime(frame["revised_at"], utc=True).dt.date
+    revised = pd.to_datetime(frame["revised_at"], utc=True).dt.tz_convert(SHANGHAI)
+    frame["revised_on"] = revised.dt.date
     return (
         frame.groupby(["trade_date", "revised_on"])
         .agg(revisions=("code", "size"), codes=("code", lambda s: sorted(set(s))))
