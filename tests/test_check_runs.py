@@ -130,7 +130,7 @@ def test_failing_blocking_check_fails_its_step_after_evaluating_all_checks(
     assert not sanity.passed and sanity.metadata["code_list"].value == code
     # The other checks of the step were still evaluated; the checks downstream of daily_bars
     # (adj_factor's factor checks read daily_bar) were blocked.
-    assert sum(k.startswith("daily_bars:") for k in evaluations) == 6
+    assert sum(k.startswith("daily_bars:") for k in evaluations) == 7
     assert "adj_factor_checks" not in steps_started(result)
 
 

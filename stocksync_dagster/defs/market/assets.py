@@ -86,7 +86,7 @@ def _sync(
             config.codes,
             config.max_failed_share,
             config.max_retries,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
     except ConfigError as exc:  # a retry cannot fix the run's own config
         raise dg.Failure(description=str(exc), allow_retries=False) from None
