@@ -1,0 +1,124 @@
+"""Point-in-time status: `daily_status` says, per stock and day, whether it was ST and whether it
+traded, as the source said on that day (no hindsight). Against the synthetic market's truth,
+through the demo source (SQLite and PostgreSQL) and the REAL baostock client on the loopback
+server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from stocksync_dagster.core.sources.baostock import BaostockSource
+from stocksync_dagster.core.sources.demo import DemoSource
+from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
+from stocksync_dagster.core.warehouse import Warehouse, daily_status, schema
+from tests.fakes.baostock_server import FakeBaostockServer
+
+START, END = dt.date(2024, 1, 2), dt.date(2024, 2, 29)
+KEY = ["code", "trade_date"]
+
+
+def truth(market: DemoMarket, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """What the synthetic market says: every listed stock on every open day."""
+    trading = market.bars(start, end)[KEY].assign(trade_status="trading")
+    suspended = market.suspensions(start, end)[KEY].assign(trade_status="suspended")
+    frame = pd.concat([trading, suspended], ignore_index=True)
+    codes = market.stocks["code"].to_numpy()
+    st = {(c, d) for d in set(frame["trade_date"]) for c in codes[market.is_st_on(d)]}
+    frame["is_st"] = [(c, d) in st for c, d in zip(frame["code"], frame["trade_date"], strict=True)]
+    return frame.sort_values(["trade_date", "code"]).reset_index(drop=True)
+
+
+def stored(warehouse: Warehouse, start: dt.date, end: dt.date) -> pd.DataFrame:
+    with warehouse.connect() as connection:
+        frame = daily_status.statuses(connection, start, end)
+    frame["trade_date"] = [pd.Timestamp(d).date() for d in frame["trade_date"]]
+    frame["is_st"] = frame["is_st"].astype(bool)
+    return frame[["code", "trade_date", "trade_status", "is_st"]]
+
+
+def assert_nontrivial(expected: pd.DataFrame) -> None:
+    """The window has suspensions and a stock that goes into (or out of) ST inside it."""
+    assert (expected["trade_status"] == "suspended").any()
+    changes = expected.groupby("code")["is_st"].nunique()
+    assert (changes == 2).any(), "no stock changes ST status in the window"
+
+
+def test_daily_status_equals_the_synthetic_market(warehouse: Warehouse) -> None:
+    source = DemoSource(n_stocks=40, seed=7, as_of=END)
+    expected = truth(source.market, START, END)
+    assert_nontrivial(expected)
+    sync_market_range(DAILY_BARS, source, warehouse, START, END)
+    pd.testing.assert_frame_equal(stored(warehouse, START, END), expected[stored_columns()])
+    # "was it ST that day": a stock that became ST is not ST before it did
+    cycling = expected.groupby("code")["is_st"].nunique()
+    code = str(cycling[cycling == 2].index[0])
+    days = expected[expected["code"] == code]
+    first_st = days[days["is_st"]]["trade_date"].min()
+    first_day = days["trade_date"].min()
+    with warehouse.connect() as connection:
+        c = schema.daily_status.c
+        was_st = dict(
+            connection.execute(
+                sa.select(c.trade_date, c.is_st).where(
+                    c.code == code, c.trade_date.in_([first_day, first_st])
+                )
+            ).all()
+        )
+    assert {pd.Timestamp(k).date(): bool(v) for k, v in was_st.items()} == (
+        {first_st: True} if first_st == first_day else {first_day: False, first_st: True}
+    )
+
+
+def stored_columns() -> list[str]:
+    return ["code", "trade_date", "trade_status", "is_st"]
+
+
+def test_a_repair_of_some_codes_replaces_only_their_status(warehouse: Warehouse) -> None:
+    source = DemoSource(n_stocks=40, seed=7, as_of=END)
+    sync_market_range(DAILY_BARS, source, warehouse, START, END)
+    before = stored(warehouse, START, END)
+    code = str(before["code"].iloc[0])
+    sync_market_range(DAILY_BARS, source, warehouse, START, END, codes=[code])
+    pd.testing.assert_frame_equal(stored(warehouse, START, END), before)
+
+
+@pytest.fixture(scope="module")
+def baostock_market() -> DemoMarket:
+    return DemoMarket(40, seed=7, origin=START)
+
+
+@pytest.fixture(scope="module")
+def baostock_source(baostock_market: DemoMarket) -> Iterator[BaostockSource]:
+    with (
+        FakeBaostockServer(baostock_market, as_of=dt.date(2024, 3, 29)) as server,
+        BaostockSource(
+            server=("127.0.0.1", server.port), workers=2, call_timeout_seconds=5
+        ) as source,
+    ):
+        yield source
+
+
+@pytest.mark.timeout(120)
+def test_baostock_isst_and_tradestatus_become_daily_status(
+    baostock_source: BaostockSource, baostock_market: DemoMarket, sqlite_url: str
+) -> None:
+    expected = truth(baostock_market, START, END)
+    assert_nontrivial(expected)
+    result = baostock_source.daily_bars(START, END)
+    assert result.st is not None
+    assert set(zip(result.st["code"], result.st["trade_date"], strict=True)) == set(
+        zip(*[expected.loc[expected["is_st"], k] for k in KEY], strict=True)
+    )
+    warehouse = Warehouse(sqlite_url)
+    sync_market_range(DAILY_BARS, baostock_source, warehouse, START, END)
+    pd.testing.assert_frame_equal(stored(warehouse, START, END), expected[stored_columns()])
+    with warehouse.connect() as connection:
+        sources = connection.execute(sa.select(schema.daily_status.c.source).distinct()).all()
+    assert sources == [("baostock",)]
+    warehouse.dispose()
