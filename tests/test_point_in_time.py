@@ -6,6 +6,7 @@ server."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator
 
 import pandas as pd
@@ -15,9 +16,11 @@ import sqlalchemy as sa
 from stocksync_dagster.core.sources.baostock import BaostockSource
 from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
+from stocksync_dagster.core.sources.tushare import TushareSource
 from stocksync_dagster.core.sync import DAILY_BARS, sync_market_range
 from stocksync_dagster.core.warehouse import Warehouse, daily_status, schema
 from tests.fakes.baostock_server import FakeBaostockServer
+from tests.fakes.tushare_server import FakeTushareServer
 
 START, END = dt.date(2024, 1, 2), dt.date(2024, 2, 29)
 KEY = ["code", "trade_date"]
@@ -122,3 +125,49 @@ def test_baostock_isst_and_tradestatus_become_daily_status(
         sources = connection.execute(sa.select(schema.daily_status.c.source).distinct()).all()
     assert sources == [("baostock",)]
     warehouse.dispose()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("page", [6000, 7], ids=["one-page", "paged"])
+def test_tushare_namechange_and_suspend_d_become_daily_status(
+    baostock_market: DemoMarket, sqlite_url: str, page: int
+) -> None:
+    expected = truth(baostock_market, START, END)
+    assert_nontrivial(expected)
+    with FakeTushareServer(baostock_market, as_of=dt.date(2024, 3, 29)) as fake:
+        source = TushareSource(["tok-pit-0123456789"], api_url=fake.url, backoff_seconds=0.01)
+        source.namechange_page = page
+        warehouse = Warehouse(sqlite_url)
+        sync_market_range(DAILY_BARS, source, warehouse, START, END)
+        pd.testing.assert_frame_equal(stored(warehouse, START, END), expected[stored_columns()])
+        pages = [c for c in fake.calls if c.api == "namechange"]
+        assert len(pages) == (1 if page == 6000 else math.ceil(fake_rows(fake) / page))
+        # announced after the range: not known then (no hindsight)
+        assert all(c.params["end_date"] == END.strftime("%Y%m%d") for c in pages)
+        warehouse.dispose()
+
+
+def fake_rows(fake: FakeTushareServer) -> int:
+    # a full last page triggers one more (empty) request
+    rows = len(fake.market.name_history(END))
+    return rows + (1 if rows % 7 == 0 else 0)
+
+
+def test_namechange_without_st_periods_fails_soft(
+    baostock_market: DemoMarket, sqlite_url: str
+) -> None:
+    """namechange down: the bars still sync, ST is NULL (not reported), trading status kept."""
+    with FakeTushareServer(baostock_market, as_of=dt.date(2024, 3, 29)) as fake:
+        fake.inject("error", api="namechange", times=None)
+        source = TushareSource(
+            ["tok-pit-0123456789"], api_url=fake.url, backoff_seconds=0.01, max_attempts=2
+        )
+        result = source.daily_bars(START, END)
+        assert result.st is None and len(result.frame)
+        warehouse = Warehouse(sqlite_url)
+        sync_market_range(DAILY_BARS, source, warehouse, START, END)
+        with warehouse.connect() as connection:
+            frame = daily_status.statuses(connection, START, END)
+        assert frame["is_st"].isna().all()
+        assert set(frame["trade_status"]) == {"trading", "suspended"}
+        warehouse.dispose()

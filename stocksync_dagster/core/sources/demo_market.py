@@ -154,6 +154,40 @@ class DemoMarket:
             }
         )
 
+    def name_history(self, until: dt.date) -> pd.DataFrame:
+        """Every name each stock listed by `until` carried: `code`, `name`, `start_date`,
+        `end_date` (None = still current); a stock going into ST takes an `ST` name."""
+        cycling, period, duration, phase = self._st_cycles
+        last = until.toordinal()
+        rows: list[tuple[str, str, dt.date, dt.date | None]] = []
+
+        def add(code: str, name: str, first: int, end: int) -> None:
+            if first <= last:
+                rows.append(
+                    (
+                        code,
+                        name,
+                        dt.date.fromordinal(first),
+                        None if end >= last else dt.date.fromordinal(end),
+                    )
+                )
+
+        for i, stock in enumerate(self.stocks.itertuples(index=False)):
+            listed = stock.list_date.toordinal()
+            if listed > last:
+                continue
+            if not cycling[i]:
+                add(stock.code, stock.name, listed, 10**9)
+                continue
+            p, d = int(period[i]), int(duration[i])
+            start = self.origin.toordinal() - p
+            start += (-(start + int(phase[i]))) % p  # first episode start from there
+            add(stock.code, stock.name, listed, start - 1)
+            for begin in range(start, last + 1, p):
+                add(stock.code, "ST" + stock.name, begin, begin + d - 1)
+                add(stock.code, stock.name, begin + d, begin + p - 1)
+        return pd.DataFrame(rows, columns=["code", "name", "start_date", "end_date"])
+
     def stock_basic(self, as_of: dt.date) -> pd.DataFrame:
         """The master as known on `as_of`: later IPOs absent, later delistings not yet done,
         the ST flag (and the name's ST prefix) as on `as_of`."""
