@@ -260,3 +260,17 @@ def test_cli_export_and_its_errors(tmp_path: Path) -> None:
     )
     assert gone.returncode == 1 and gone.stderr.startswith("error: STOCKSYNC_DATABASE_URL")
     assert not missing.parent.exists() and not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_small_and_large_exports() -> None:
+    """The benchmark runs (tiny size) and reports every case; no timing or memory assertion."""
+    from benchmarks import export_memory
+
+    found = export_memory.main(["--size", "tiny"])
+    assert found is not None and len(found) == 8
+    small, large = export_memory.SIZES["tiny"][:2]
+    for m in found:
+        assert m.peak_rss_mb > 0 and m.seconds >= 0
+        assert m.rows == (small if m.case.startswith("small") else large) * 40
+        assert m.files == (0 if "pandas" in m.case else 1)
