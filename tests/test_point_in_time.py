@@ -171,3 +171,30 @@ def test_namechange_without_st_periods_fails_soft(
         assert frame["is_st"].isna().all()
         assert set(frame["trade_status"]) == {"trading", "suspended"}
         warehouse.dispose()
+
+
+def test_a_warehouse_at_0002_upgrades_with_the_history_tables(tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from stocksync_dagster.core.warehouse import engine as warehouse_engine
+
+    new = {"daily_status", "daily_bar_revision", "adj_factor_revision"}
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = sa.create_engine(url)
+    with old.begin() as connection:
+        tables = [t for t in schema.metadata.sorted_tables if t.name not in new]
+        schema.metadata.create_all(connection, tables=tables)
+        config = Config()
+        config.set_main_option("script_location", str(warehouse_engine._MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.stamp(config, "0002_suspension")
+    old.dispose()
+    assert not new & set(sa.inspect(sa.create_engine(url)).get_table_names())
+    warehouse = Warehouse(url)
+    warehouse.ensure_schema()
+    assert warehouse.schema_version() == "0004_history"
+    assert new <= set(sa.inspect(warehouse.engine).get_table_names())
+    columns = {c["name"] for c in sa.inspect(warehouse.engine).get_columns("daily_status")}
+    assert columns == {"code", "trade_date", "is_st", "trade_status", "source"}
+    warehouse.dispose()
