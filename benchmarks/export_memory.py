@@ -5,8 +5,9 @@ python -m benchmarks.export_memory                 # 100 vs 5,000 stocks x 1 yea
 python -m benchmarks.export_memory --size tiny     # seconds
 python -m benchmarks.export_memory --pg-url postgresql+psycopg://user@host/db   # a scratch DB
 
-Each export runs in a fresh process that reports its own peak RSS (`ru_maxrss`), so the
-numbers are not polluted by building the warehouse. Prints a Markdown table and writes
+Each export runs in a fresh process that reports its own peak RSS (`VmHWM` of
+/proc/self/status: unlike `ru_maxrss` it starts again at exec, so the parent that built the
+warehouse does not count). Prints a Markdown table and writes
 `benchmarks/results/export_memory.json`.
 """
 
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,11 +31,15 @@ if __package__ in (None, ""):  # `python benchmarks/export_memory.py`
 import numpy as np
 import pandas as pd
 
+from stocksync_dagster.core.export import DEFAULT_CHUNK_ROWS
+
 RESULTS = Path(__file__).resolve().parent / "results"
-SIZES = {  # name -> (small stocks, large stocks, trading days)
-    "tiny": (20, 400, 40),
-    "full": (100, 5000, 243),
+SIZES = {  # name -> (stocks of each warehouse, trading days)
+    "tiny": ((20, 400), 40),
+    "full": ((100, 1000, 5000), 243),
 }
+LABELS = ("small", "medium", "large")
+SMALL_CHUNK = 10_000
 FIRST_DAY = dt.date(2025, 1, 2)
 
 
@@ -96,7 +101,7 @@ def build_warehouse(url: str, stocks: int, days: int) -> int:
     return rows
 
 
-def child(url: str, out: str, adjust: str, fmt: str, mode: str) -> None:
+def child(url: str, out: str, adjust: str, fmt: str, mode: str, chunk_rows: int) -> None:
     """One export (or, mode `pandas`, one whole-table read) in this process; prints JSON."""
     from stocksync_dagster.core.export import ExportRequest, export_bars
     from stocksync_dagster.core.warehouse import Warehouse
@@ -109,10 +114,12 @@ def child(url: str, out: str, adjust: str, fmt: str, mode: str) -> None:
             rows, files = len(frame), 0
         else:
             last = FIRST_DAY + dt.timedelta(days=800)
-            request = ExportRequest(FIRST_DAY, last, Path(out), fmt=fmt, adjust=adjust)
+            request = ExportRequest(
+                FIRST_DAY, last, Path(out), fmt=fmt, adjust=adjust, chunk_rows=chunk_rows
+            )
             report = export_bars(connection, request)
             rows, files = report.rows, len(report.files)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_kb = _peak_rss_kb()
     print(
         json.dumps(
             {
@@ -125,9 +132,29 @@ def child(url: str, out: str, adjust: str, fmt: str, mode: str) -> None:
     )
 
 
-def measure(case: str, stocks: int, url: str, out: Path, adjust: str, fmt: str, mode: str):
+def _peak_rss_kb() -> float:
+    """This process's peak resident set since exec, in KiB."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # elsewhere: best effort
+
+
+def measure(
+    case: str,
+    stocks: int,
+    url: str,
+    out: Path,
+    adjust: str,
+    fmt: str,
+    mode: str,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Measurement:
     command = [sys.executable, "-m", "benchmarks.export_memory", "--child", url, str(out)]
     command += ["--adjust", adjust, "--format", fmt, "--mode", mode]
+    command += ["--chunk-rows", str(chunk_rows)]
     done = subprocess.run(
         command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
     )
@@ -142,45 +169,49 @@ def measure(case: str, stocks: int, url: str, out: Path, adjust: str, fmt: str, 
     )
 
 
-def _warehouses(
-    pg_url: str | None, tmp: Path
-) -> tuple[AbstractContextManager, AbstractContextManager]:
+def _warehouse(pg_url: str | None, path: Path) -> AbstractContextManager[str]:
     if pg_url is None:
-        return (
-            nullcontext(f"sqlite:///{tmp / 'small.db'}"),
-            nullcontext(f"sqlite:///{tmp / 'large.db'}"),
-        )
+        return nullcontext(f"sqlite:///{path}")
     from benchmarks.common import scratch_postgres
 
-    return scratch_postgres(pg_url), scratch_postgres(pg_url)
+    return scratch_postgres(pg_url)
+
+
+CASES = (  # adjust, format, mode
+    ("none", "parquet", "export"),
+    ("qfq", "parquet", "export"),
+    ("none", "csv", "export"),
+    ("none", "-", "pandas"),
+)
 
 
 def run(size: str = "full", pg_url: str | None = None) -> list[Measurement]:
-    small_stocks, large_stocks, days = SIZES[size]
+    """Every case on each warehouse, then the largest again with small chunks."""
+    sizes, days = SIZES[size]
     found: list[Measurement] = []
-    with tempfile.TemporaryDirectory(prefix="stocksync_export_bench_") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="stocksync_export_bench_") as scratch,
+        ExitStack() as stack,
+    ):
         tmp = Path(scratch)
-        small_cm, large_cm = _warehouses(pg_url, tmp)
-        with small_cm as small_url, large_cm as large_url:
-            for url, stocks in ((small_url, small_stocks), (large_url, large_stocks)):
-                build_warehouse(url, stocks, days)
-            for label, url, stocks in (
-                ("small", small_url, small_stocks),
-                ("large", large_url, large_stocks),
-            ):
-                for adjust, fmt, mode in (
-                    ("none", "parquet", "export"),
-                    ("qfq", "parquet", "export"),
-                    ("none", "csv", "export"),
-                    ("none", "-", "pandas"),
-                ):
-                    case = (
-                        f"{label}: export {adjust} {fmt}"
-                        if mode == "export"
-                        else f"{label}: pandas.read_sql_table (whole table, for contrast)"
-                    )
-                    out = tmp / f"{label}-{adjust}-{fmt}"
-                    found.append(measure(case, stocks, url, out, adjust, fmt, mode))
+        warehouses = []
+        for label, stocks in zip(LABELS, sizes, strict=False):
+            url = stack.enter_context(_warehouse(pg_url, tmp / f"{label}.db"))
+            build_warehouse(url, stocks, days)
+            warehouses.append((label, url, stocks))
+        for label, url, stocks in warehouses:
+            for adjust, fmt, mode in CASES:
+                case = (
+                    f"{label}: export {adjust} {fmt}"
+                    if mode == "export"
+                    else f"{label}: pandas.read_sql_table (whole table, for contrast)"
+                )
+                out = tmp / f"{label}-{adjust}-{fmt}"
+                found.append(measure(case, stocks, url, out, adjust, fmt, mode))
+        label, url, stocks = warehouses[-1]
+        case = f"{label}: export none parquet, chunks of {SMALL_CHUNK:,}"
+        out = tmp / f"{label}-small-chunks"
+        found.append(measure(case, stocks, url, out, "none", "parquet", "export", SMALL_CHUNK))
     return found
 
 
@@ -205,9 +236,12 @@ def main(argv: list[str] | None = None) -> list[Measurement] | None:
     parser.add_argument("--adjust", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--format", dest="fmt", default="parquet", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="export", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.child:
-        child(*args.child, args.adjust, args.fmt, args.mode)
+        child(*args.child, args.adjust, args.fmt, args.mode, args.chunk_rows)
         return None
     found = run(args.size, args.pg_url)
     print(table(found))

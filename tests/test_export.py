@@ -268,9 +268,9 @@ def test_memory_benchmark_measures_small_and_large_exports() -> None:
     from benchmarks import export_memory
 
     found = export_memory.main(["--size", "tiny"])
-    assert found is not None and len(found) == 8
-    small, large = export_memory.SIZES["tiny"][:2]
+    assert found is not None and len(found) == 9
+    (small, large), days = export_memory.SIZES["tiny"]
     for m in found:
         assert m.peak_rss_mb > 0 and m.seconds >= 0
-        assert m.rows == (small if m.case.startswith("small") else large) * 40
+        assert m.rows == (small if m.case.startswith("small") else large) * days
         assert m.files == (0 if "pandas" in m.case else 1)
