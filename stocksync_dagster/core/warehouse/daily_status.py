@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 import sqlalchemy as sa
 
-from stocksync_dagster.core.warehouse.schema import daily_status
+from stocksync_dagster.core.warehouse.schema import TRADE_STATUSES, daily_status
 from stocksync_dagster.core.warehouse.upsert import upsert_frame
 
 _KEYS = ["code", "trade_date"]
@@ -56,7 +56,15 @@ def replace_statuses(
     if codes is not None:
         delete = delete.where(daily_status.c.code.in_(list(codes)))
     connection.execute(delete)
-    return upsert_frame(connection, daily_status, frame).written if len(frame) else 0
+    written = 0
+    # one write per status: every text column of a part then has one width, which keeps
+    # PostgreSQL on the fast (numpy-built) binary COPY path; the many trading rows first, so
+    # a history load copies them straight into the table
+    for status in TRADE_STATUSES:
+        part = frame[frame["trade_status"] == status]
+        if len(part):
+            written += upsert_frame(connection, daily_status, part).written
+    return written
 
 
 def statuses(

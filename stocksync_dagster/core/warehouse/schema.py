@@ -78,7 +78,8 @@ daily_status = sa.Table(
     sa.Column("trade_status", sa.String(10), nullable=False, comment="trading or suspended"),
     sa.Column("source", sa.String(16), nullable=False, comment="baostock, tushare or demo"),
     sa.CheckConstraint(
-        "trade_status IN ('trading', 'suspended')", name="ck_daily_status_trade_status"
+        "trade_status IN ({})".format(", ".join(f"'{s}'" for s in TRADE_STATUSES)),
+        name="ck_daily_status_trade_status",
     ),
     sa.Index("ix_daily_status_trade_date", "trade_date"),
     comment="Point-in-time status of every listed stock on every synced open day",
