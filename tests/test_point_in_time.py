@@ -198,3 +198,38 @@ def test_a_warehouse_at_0002_upgrades_with_the_history_tables(tmp_path) -> None:
     columns = {c["name"] for c in sa.inspect(warehouse.engine).get_columns("daily_status")}
     assert columns == {"code", "trade_date", "is_st", "trade_status", "source"}
     warehouse.dispose()
+
+
+class LosingSource(DemoSource):
+    """The demo market whose whole-market reply loses one ST stock's bar (and its ST flag);
+    the per-stock re-fetch of the sync gets it back."""
+
+    def __init__(self, lost: tuple[str, dt.date]) -> None:
+        super().__init__(n_stocks=40, seed=7, as_of=END)
+        self.lost = lost
+
+    def daily_bars(self, start, end, codes=None):  # type: ignore[no-untyped-def]
+        result = super().daily_bars(start, end, codes)
+        if codes is None:
+            keep = [
+                (c, d) != self.lost for c, d in zip(*[result.frame[k] for k in KEY], strict=True)
+            ]
+            result.frame = result.frame[keep].reset_index(drop=True)
+            assert result.st is not None
+            keep_st = [
+                (c, d) != self.lost for c, d in zip(*[result.st[k] for k in KEY], strict=True)
+            ]
+            result.st = result.st[keep_st].reset_index(drop=True)
+        return result
+
+
+def test_a_bar_recovered_by_the_refetch_keeps_its_st_flag(sqlite_url: str) -> None:
+    market = DemoSource(n_stocks=40, seed=7, as_of=END).market
+    expected = truth(market, START, END)
+    st_trading = expected[expected["is_st"] & (expected["trade_status"] == "trading")]
+    lost = (str(st_trading["code"].iloc[0]), st_trading["trade_date"].iloc[0])
+    warehouse = Warehouse(sqlite_url)
+    report = sync_market_range(DAILY_BARS, LosingSource(lost), warehouse, START, END)
+    assert report.refetched == 1 and not report.failures
+    pd.testing.assert_frame_equal(stored(warehouse, START, END), expected[stored_columns()])
+    warehouse.dispose()

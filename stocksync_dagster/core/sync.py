@@ -305,6 +305,8 @@ def _complete_universe(
     result.frame = pd.concat([result.frame, recovered], ignore_index=True)
     result.rejected += [r for r in retry.rejected if (r.code, r.trade_date) in lost]
     result.calls += retry.calls
+    if result.st is not None and retry.st is not None and len(retry.st):
+        result.st = pd.concat([result.st, retry.st[_in(retry.st, lost)]], ignore_index=True)
     still = lost - universe.pairs(recovered) - {(r.code, r.trade_date) for r in retry.rejected}
     if retry.suspensions is not None and len(retry.suspensions):
         late = retry.suspensions[
