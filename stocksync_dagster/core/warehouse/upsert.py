@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,8 +58,9 @@ class UpsertStats:
     inserted: int
     updated: int
     unchanged: int
-    revised: int = 0
-    """Updated rows whose value columns changed, kept in the table's revision table."""
+    revised: int = field(default=0, compare=False)
+    """Updated rows whose value columns changed, kept in the table's revision table (not part
+    of equality: stats compare as rows written, whether or not the table keeps revisions)."""
 
     @property
     def written(self) -> int:
