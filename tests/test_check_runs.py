@@ -63,6 +63,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
             "complete_per_day",
             "fresh",
             "no_missing_trading_days",
+            "no_old_history_revised",
             "no_open_sync_failures",
             "ohlc_sanity",
         ],
@@ -71,6 +72,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
             "factor_coverage",
             "fresh",
             "no_missing_trading_days",
+            "no_old_history_revised",
             "no_open_sync_failures",
         ],
     }
@@ -128,7 +130,7 @@ def test_failing_blocking_check_fails_its_step_after_evaluating_all_checks(
     assert not sanity.passed and sanity.metadata["code_list"].value == code
     # The other checks of the step were still evaluated; the checks downstream of daily_bars
     # (adj_factor's factor checks read daily_bar) were blocked.
-    assert sum(k.startswith("daily_bars:") for k in evaluations) == 6
+    assert sum(k.startswith("daily_bars:") for k in evaluations) == 7
     assert "adj_factor_checks" not in steps_started(result)
 
 
@@ -188,7 +190,7 @@ def test_failed_asset_step_never_records_a_failed_check(
     assert result.get_asset_check_evaluations() == []
     assert not MARKET_CHECK_STEPS & set(steps_started(result))
     statuses = _latest_statuses(instance, defs)
-    assert len(statuses) == 11
+    assert len(statuses) == 13
     assert AssetCheckExecutionResolvedStatus.FAILED not in statuses.values()
 
 
@@ -203,7 +205,7 @@ def test_failed_asset_step_leaves_checks_not_executed(
     defs = build_defs(sqlite_url, DownSourceResource())
     run_job(defs, "market_sync", recent_trading_days(2), instance=instance)
     statuses = _latest_statuses(instance, defs)
-    assert len(statuses) == 11
+    assert len(statuses) == 13
     assert AssetCheckExecutionResolvedStatus.EXECUTION_FAILED not in statuses.values()
 
 

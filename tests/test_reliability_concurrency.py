@@ -42,8 +42,8 @@ go = folder / "go"
 if role == "holder":
     real_upsert = sync.upsert_frame
 
-    def upsert_and_hold(connection, table, frame):
-        stats = real_upsert(connection, table, frame)
+    def upsert_and_hold(connection, table, frame, **options):
+        stats = real_upsert(connection, table, frame, **options)
         if table.name == "daily_bar":
             go.write_text("the holder is inside its write transaction")
             time.sleep(%(hold)s)

@@ -126,8 +126,8 @@ def test_outage_mid_write_fails_clearly_retries_and_heals_without_partial_rows_o
     rows_during_outage: list[int] = []
     real_upsert, real_open_days = sync.upsert_frame, sync.open_days_between
 
-    def upsert_then_cut(connection, table, frame):  # type: ignore[no-untyped-def]
-        stats = real_upsert(connection, table, frame)
+    def upsert_then_cut(connection, table, frame, **options):  # type: ignore[no-untyped-def]
+        stats = real_upsert(connection, table, frame, **options)
         if len(attempts) == 1:
             proxy.cut()  # rows are in the open transaction; the commit can never arrive
         return stats

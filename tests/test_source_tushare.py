@@ -92,8 +92,9 @@ def test_range_fetch_equals_the_market_with_one_call_per_open_day(server, market
     assert (bars.failures, bars.rejected, factors.failures) == ([], [], [])
     days = open_days(START, END)
     # per open day: daily + suspend_d (bars only); + the calendar, shared by the second fetch,
-    # + stock_basic (L, D, P) once for the expected universe of each day
-    assert bars.calls == 2 * days + 1 + 3
+    # + stock_basic (L, D, P) once for the expected universe of each day, + namechange once
+    # for the ST periods
+    assert bars.calls == 2 * days + 1 + 3 + 1
     assert factors.calls == days
     assert server.outcomes("daily") == ["ok"] * days
     assert server.outcomes("suspend_d") == ["ok"] * days

@@ -623,6 +623,6 @@ def test_a_warehouse_at_0001_upgrades_to_the_suspension_table(tmp_path) -> None:
     assert "suspension" not in sa.inspect(sa.create_engine(url)).get_table_names()
     warehouse = Warehouse(url)
     warehouse.ensure_schema()
-    assert warehouse.schema_version() == "0002_suspension"
+    assert warehouse.schema_version() == "0004_history"
     columns = {c["name"] for c in sa.inspect(warehouse.engine).get_columns("suspension")}
     assert columns == {"code", "trade_date", "source"}

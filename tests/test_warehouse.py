@@ -37,7 +37,7 @@ def sync_demo(warehouse: Warehouse, start: dt.date = DEMO_START, end: dt.date = 
 
 
 def test_schema_is_created_and_versioned(warehouse: Warehouse) -> None:
-    assert warehouse.schema_version() == "0002_suspension"
+    assert warehouse.schema_version() == "0004_history"
     names = set(sa.inspect(warehouse.engine).get_table_names())
     assert {"trade_calendar", "stock_basic", "daily_bar", "adj_factor", "sync_failure"} <= names
     assert {"daily_bar_qfq", "daily_bar_hfq"} <= set(sa.inspect(warehouse.engine).get_view_names())

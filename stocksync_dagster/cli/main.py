@@ -203,6 +203,67 @@ def failures_retry(
     retry_failures(_settings(), _filter(statuses, assets, codes, since, until), now)
 
 
+@cli.command()
+@click.option("--start", required=True, type=IsoDate(), help="First trading day (YYYY-MM-DD).")
+@click.option("--end", required=True, type=IsoDate(), help="Last trading day (YYYY-MM-DD).")
+@click.option("--codes", help="Only these stocks, comma-separated: 600000.SH,000001.SZ.")
+@click.option(
+    "--adjust",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "qfq", "hfq"]),
+    help="Unadjusted, forward- (qfq) or backward-adjusted (hfq) prices.",
+)
+@click.option(
+    "--as-of",
+    "as_of",
+    type=IsoDate(),
+    help="qfq as seen on this day (divide by that day's factor); no rows after it.",
+)
+@click.option(
+    "--format", "fmt", required=True, type=click.Choice(["parquet", "csv"]), help="File format."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option(
+    "--split",
+    default="year",
+    show_default=True,
+    type=click.Choice(["year", "month"]),
+    help="One file per year or per month.",
+)
+def export(
+    start: dt.date,
+    end: dt.date,
+    codes: str | None,
+    adjust: str,
+    as_of: dt.date | None,
+    fmt: str,
+    out: str,
+    split: str,
+) -> None:
+    """Export daily bars START..END to parquet or CSV, one file per year (or month).
+
+    Streams the rows in chunks (bounded memory for the whole market); read-only: never
+    creates a warehouse. Units as in the tables: CNY, shares, percent.
+    """
+    from pathlib import Path
+
+    from stocksync_dagster.cli.export import run_export
+    from stocksync_dagster.core.export import ExportRequest, parse_codes
+
+    request = ExportRequest(
+        start=start,
+        end=end,
+        out=Path(out),
+        fmt=fmt,
+        adjust=adjust,
+        as_of=as_of,
+        codes=parse_codes(codes),
+        split=split,
+    )
+    run_export(_settings(), request)
+
+
 def ui_command(dagster_args: tuple[str, ...]) -> list[str]:
     """`dagster dev` on the project's code location, with the user's options passed through."""
     from stocksync_dagster.cli.instance import workspace_file

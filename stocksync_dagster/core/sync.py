@@ -42,7 +42,9 @@ from stocksync_dagster.core.warehouse import (
     UpsertStats,
     Warehouse,
     counts,
+    daily_status,
     failures,
+    revisions,
     schema,
     suspensions,
 )
@@ -138,6 +140,8 @@ class SyncReport:
     """Suspensions per day the source reported (bars only)."""
     refetched: int = 0
     """(code, day) pairs absent from the first reply that a per-stock re-fetch recovered."""
+    revisions: dict[dt.date, int] = field(default_factory=dict)
+    """Stored rows per day whose values this sync changed (kept in the revision table)."""
 
     @property
     def market_open(self) -> bool:
@@ -325,6 +329,7 @@ def sync_market(
     *,
     chunk_rows: int | None = None,
     on_chunk: Callable[[ChunkProgress], None] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, SyncReport]:
     """Sync [start, end] of `datasets` (DAILY_BARS and/or ADJ_FACTOR) from one source session.
 
@@ -336,6 +341,7 @@ def sync_market(
     after writing everything when, for any dataset, more than `max_failed_share` of the stocks
     (or any whole open day) could not be fetched, so Dagster's retry policy takes over.
     Returns one report per dataset, keyed by `dataset.asset` (also on the error as `reports`).
+    Stored rows whose values change keep their old values in the revision tables (`run_id`).
     """
     if not datasets or len({d.asset for d in datasets}) != len(datasets):
         raise ConfigError("datasets", "give each market dataset once, at least one")
@@ -368,6 +374,7 @@ def sync_market(
     writer = _ChunkWriter(
         datasets, warehouse, reports, start, end, codes, source.label, max_retries, axis, plan
     )
+    writer.run_id, writer.revised_at = run_id, dt.datetime.now(dt.UTC)
 
     def fetch(chunk: Chunk) -> _Fetched:
         return _fetch_chunk(chunk, datasets, source, basic, start, end)
@@ -396,6 +403,10 @@ def sync_market(
         for dataset in datasets:
             report = reports[dataset.asset]
             report.stored_rows = counts.rows_per_day(connection, dataset.table, start, end)
+            if report.stats.revised:  # one stamp for every chunk of the run
+                report.revisions = revisions.per_day(
+                    connection, dataset.table, writer.revised_at, start, end
+                )
             report.seconds = time.monotonic() - started
             report.chunks = len(plan)
     problems = [p for r in reports.values() if (p := _failure_problem(r, max_failed_share))]
@@ -420,6 +431,7 @@ def sync_market_range(
     max_retries: int = failures.DEFAULT_MAX_RETRIES,
     *,
     chunk_rows: int | None = None,
+    run_id: str | None = None,
 ) -> SyncReport:
     """`sync_market` of one dataset: its report."""
     return sync_market(
@@ -432,6 +444,7 @@ def sync_market_range(
         max_failed_share,
         max_retries,
         chunk_rows=chunk_rows,
+        run_id=run_id,
     )[dataset.asset]
 
 
@@ -443,6 +456,7 @@ class _Part:
     rejected: list[RejectedRow]
     failures: list[FetchFailure]
     suspensions: pd.DataFrame | None
+    st: pd.DataFrame | None
     calls: int
     refetched: int
     seconds: float
@@ -483,6 +497,7 @@ def _fetch_chunk(
             rejected=[*result.rejected, *rejected],
             failures=result.failures,
             suspensions=result.suspensions,
+            st=result.st,
             calls=result.calls,
             refetched=refetched,
             seconds=time.monotonic() - began,
@@ -517,6 +532,8 @@ class _ChunkWriter:
         self.axis = axis
         self.plan = plan
         self._whole_days_recorded: dict[str, set[dt.date]] = {d.asset: set() for d in datasets}
+        self.run_id: str | None = None
+        self.revised_at = dt.datetime.now(dt.UTC)
 
     def write(self, fetched: _Fetched) -> int:
         """Commit one chunk; returns the rows it wrote (all datasets)."""
@@ -528,7 +545,13 @@ class _ChunkWriter:
             for dataset in self.datasets:
                 began = time.monotonic()
                 part, report = fetched.parts[dataset.asset], self.reports[dataset.asset]
-                stats[dataset.asset] = upsert_frame(connection, dataset.table, part.good)
+                stats[dataset.asset] = upsert_frame(
+                    connection,
+                    dataset.table,
+                    part.good,
+                    run_id=self.run_id,
+                    revised_at=self.revised_at,
+                )
                 report.failure_rows += failures.record_failures(
                     connection,
                     dataset.asset,
@@ -547,12 +570,22 @@ class _ChunkWriter:
                 )
                 if part.suspensions is not None:
                     failed_days = _whole_day_failures(part.failures, chunk.days)
+                    synced_days = [d for d in chunk.days if d not in failed_days]
                     suspensions.replace_suspensions(
+                        connection, part.suspensions, synced_days, chunk.codes, self.label
+                    )
+                    daily_status.replace_statuses(
                         connection,
-                        part.suspensions,
-                        [d for d in chunk.days if d not in failed_days],
+                        daily_status.status_frame(
+                            part.good,
+                            part.suspensions,
+                            part.st,
+                            synced_days,
+                            chunk.codes,
+                            self.label,
+                        ),
+                        synced_days,
                         chunk.codes,
-                        self.label,
                     )
                 if last:
                     self._finish(connection, dataset, part)
@@ -593,11 +626,10 @@ class _ChunkWriter:
         if self.axis == "stocks" and self.codes is None and part.suspensions is not None:
             # each batch replaced its own stocks' suspensions: drop the other stocks' ones
             failed_days = _whole_day_failures(found, report.open_days)
-            suspensions.delete_other_codes(
-                connection,
-                [d for d in report.open_days if d not in failed_days],
-                [code for chunk in self.plan for code in chunk.codes or ()],
-            )
+            synced_days = [d for d in report.open_days if d not in failed_days]
+            batched = [code for chunk in self.plan for code in chunk.codes or ()]
+            suspensions.delete_other_codes(connection, synced_days, batched)
+            daily_status.delete_other_codes(connection, synced_days, batched)
 
     def completed_days(self, chunk: Chunk) -> tuple[dt.date, ...]:
         if self.axis == "days":
@@ -678,7 +710,12 @@ def _one_ahead(items: Sequence[T], fetch: Callable[[T], R]) -> Iterator[R]:
 
 
 def _sum(a: UpsertStats, b: UpsertStats) -> UpsertStats:
-    return UpsertStats(a.inserted + b.inserted, a.updated + b.updated, a.unchanged + b.unchanged)
+    return UpsertStats(
+        a.inserted + b.inserted,
+        a.updated + b.updated,
+        a.unchanged + b.unchanged,
+        a.revised + b.revised,
+    )
 
 
 def _complete_universe(
@@ -726,6 +763,8 @@ def _complete_universe(
     result.frame = pd.concat([result.frame, recovered], ignore_index=True)
     result.rejected += [r for r in retry.rejected if (r.code, r.trade_date) in lost]
     result.calls += retry.calls
+    if result.st is not None and retry.st is not None and len(retry.st):
+        result.st = pd.concat([result.st, retry.st[_in(retry.st, lost)]], ignore_index=True)
     still = lost - universe.pairs(recovered) - {(r.code, r.trade_date) for r in retry.rejected}
     if retry.suspensions is not None and len(retry.suspensions):
         late = retry.suspensions[
@@ -753,6 +792,10 @@ def _complete_universe(
             )
         )
     return len(lost) - len(still)
+
+
+def _in(frame: pd.DataFrame, wanted: set[tuple[str, dt.date]]) -> list[bool]:
+    return [(c, d) in wanted for c, d in zip(frame["code"], frame["trade_date"], strict=True)]
 
 
 def _whole_day_failures(found: list[FetchFailure], open_days: list[dt.date]) -> set[dt.date]:

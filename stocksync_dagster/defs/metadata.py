@@ -134,6 +134,7 @@ def day_metadata(
         "failed_stocks": len(figures.failed_codes),
         "suspended_stocks": report.suspended.get(figures.day, 0),
         "rejected_rows": len(figures.rejected),
+        "revised_rows": report.revisions.get(figures.day, 0),
     }
     if report.codes:
         metadata["repaired_codes"] = _listed(report.codes)
@@ -193,6 +194,7 @@ def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, objec
         "run_first_day": str(report.start),
         "run_last_day": str(report.end),
         **upsert_metadata(report.stats, prefix="run_"),
+        "run_rows_revised": report.stats.revised,
         "run_failed_stocks": len(report.failed_codes),
         "run_failed_days": len(report.failed_days),
         "run_failure_rows_recorded": report.failure_rows,

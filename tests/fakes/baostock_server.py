@@ -208,7 +208,6 @@ class FakeBaostockServer:
     # ----- the market as baostock tables ----------------------------------------------------
     def _build_tables(self) -> None:
         market, origin, as_of = self.market, self.market.origin, self.as_of
-        stocks = market.stocks.set_index("code")
         bars = market.bars(origin, as_of)
         bars["tradestatus"] = "1"
         suspended = [(e.code, e.day) for e in market.events(origin, as_of) if e.kind == "suspended"]
@@ -223,6 +222,8 @@ class FakeBaostockServer:
         off = table["tradestatus"] == "0"
         for column in ("open", "high", "low", "close", "pre_close"):
             table.loc[off, column] = last[off]
+        all_codes = market.stocks["code"].to_numpy()
+        st_on = {d: set(all_codes[market.is_st_on(d)]) for d in set(table["trade_date"])}
         columns = {
             "date": [d.isoformat() for d in table["trade_date"]],
             "code": [to_baostock(c) for c in table["code"]],
@@ -235,7 +236,10 @@ class FakeBaostockServer:
             "amount": _fmt(table["amount"], ".4f"),
             "pctChg": _fmt(table["pct_chg"], ".6f"),
             "tradestatus": list(table["tradestatus"]),
-            "isST": ["1" if stocks.at[c, "is_st"] else "0" for c in table["code"]],
+            "isST": [
+                "1" if c in st_on[d] else "0"
+                for c, d in zip(table["code"], table["trade_date"], strict=True)
+            ],
             "adjustflag": ["3"] * len(table),
         }
         self._k: dict[str, dict[str, list[str]]] = {}

@@ -14,8 +14,8 @@ from stocksync_dagster.definitions import defs
 _upsert_frame = sync.upsert_frame
 
 
-def _upsert_then_wait(connection, table, frame):  # type: ignore[no-untyped-def]
-    stats = _upsert_frame(connection, table, frame)
+def _upsert_then_wait(connection, table, frame, **options):  # type: ignore[no-untyped-def]
+    stats = _upsert_frame(connection, table, frame, **options)
     ready = os.environ.get("STOCKSYNC_CRASH_READY")
     if ready and table.name == "daily_bar":
         partial = Path(f"{ready}.tmp")

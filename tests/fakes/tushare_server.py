@@ -313,6 +313,8 @@ class FakeTushareServer:
             return self._stock_basic(params)
         if api == "suspend_d":
             return self._suspend_d(params)
+        if api == "namechange":
+            return self._namechange(params)
         raise ValueError(f"unknown api_name {api!r}")
 
     def _range(self, params: Mapping[str, Any]) -> tuple[dt.date, dt.date]:
@@ -378,6 +380,27 @@ class FakeTushareServer:
         return columns, [
             [c, _ymd(d), None, "S"] for c, d in zip(frame["code"], frame["trade_date"], strict=True)
         ]
+
+    def _namechange(self, params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        """Name history filtered by announcement date (`start_date`/`end_date`), paged with
+        `limit`/`offset` like the real API."""
+        columns = ["ts_code", "name", "start_date", "end_date", "ann_date", "change_reason"]
+        until = _day(params["end_date"]) if params.get("end_date") else self.as_of
+        with self._market_lock:
+            frame = self.market.name_history(until)
+        if params.get("start_date"):
+            frame = frame[frame["start_date"] >= _day(params["start_date"])]
+        if params.get("ts_code"):
+            frame = frame[frame["code"] == params["ts_code"]]
+        items = [
+            [c, n, _ymd(s), _ymd(e), _ymd(s), "ST" if n.startswith("ST") else "更名"]
+            for c, n, s, e in zip(
+                frame["code"], frame["name"], frame["start_date"], frame["end_date"], strict=True
+            )
+        ]
+        offset = int(params.get("offset") or 0)
+        limit = int(params.get("limit") or 10_000)
+        return columns, items[offset : offset + limit]
 
     def _trade_cal(self, params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         start, end = _day(params["start_date"]), _day(params["end_date"])

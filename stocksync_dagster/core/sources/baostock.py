@@ -48,7 +48,7 @@ from stocksync_dagster.core.sources.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-BAR_FIELDS = "date,code,open,high,low,close,preclose,volume,amount,pctChg,tradestatus"
+BAR_FIELDS = "date,code,open,high,low,close,preclose,volume,amount,pctChg,tradestatus,isST"
 # normalised column <- baostock field
 _NUMERIC = {
     "open": "open",
@@ -98,6 +98,8 @@ class _Parsed:
     rows: list[tuple]
     traded_days: list[dt.date]
     suspended_days: list[dt.date]
+    st_days: list[dt.date]
+    """Days (traded or suspended) the reply's `isST` says the stock was ST."""
 
 
 def parse_bars(
@@ -111,7 +113,7 @@ def parse_bars(
     """Rows of `query_history_k_data_plus` for `code` -> normalised tuples in BAR_COLUMNS order.
 
     Suspended rows (tradestatus "0") become `suspended_days`, not bars; unparseable rows go to
-    `rejected`.
+    `rejected`. Rows with `isST` "1" (when asked for) are also in `st_days`.
     """
     position = {name: i for i, name in enumerate(fields)}
     missing = [f for f in ("date", "code", "tradestatus") if f not in position]
@@ -119,7 +121,8 @@ def parse_bars(
         raise _Reject(f"reply lacks fields {missing}")
     wanted = [(column, position.get(field)) for column, field in _NUMERIC.items()]
     bao_code = to_baostock(code)
-    parsed, days, suspended, seen = [], [], [], set()
+    parsed, days, suspended, st_days, seen = [], [], [], [], set()
+    st_at = position.get("isST")
     for row in rows:
         try:
             if len(row) != len(fields):
@@ -140,6 +143,9 @@ def parse_bars(
                 raise _Reject(f"tradestatus is {status!r}, not 0 or 1")
             if day in seen:
                 raise _Reject(f"second row for {day}")
+            st_flag = row[st_at] if st_at is not None else ""
+            if st_flag not in ("0", "1", ""):
+                raise _Reject(f"isST is {st_flag!r}, not 0 or 1")
             try:  # fast path: every value a finite number
                 values = tuple(float(row[i]) if i is not None else math.nan for _, i in wanted)
                 if not all(map(math.isfinite, values)):
@@ -152,12 +158,14 @@ def parse_bars(
             rejected.append(_rejected_row(code, row, fields, str(exc)))
             continue
         seen.add(day)
+        if st_flag == "1":
+            st_days.append(day)
         if status == "0":
             suspended.append(day)  # suspended: no bar, a suspension
             continue
         days.append(day)
         parsed.append((code, day, *values))
-    return _Parsed(parsed, days, suspended)
+    return _Parsed(parsed, days, suspended, st_days)
 
 
 def parse_factors(
@@ -426,16 +434,19 @@ class BaostockSource(MarketSource):
         universe = self._universe(start, end, codes)
         tasks = [Task(c, (self._bars_call(c, start, end, BAR_FIELDS),)) for c in universe]
         suspensions: list[tuple[str, dt.date]] = []
+        st: list[tuple[str, dt.date]] = []
 
         def parse(outcome: Outcome, rejected: list[RejectedRow]) -> list[tuple]:
             fields, raw = outcome.results[0]  # type: ignore[index]
             parsed = parse_bars(fields, raw, outcome.key, start, end, rejected)
             self._remember_days(outcome.key, start, end, parsed.traded_days)
             suspensions.extend((outcome.key, day) for day in parsed.suspended_days)
+            st.extend((outcome.key, day) for day in parsed.st_days)
             return parsed.rows
 
         result = self._fetch("bars", tasks, start, end, BAR_COLUMNS, parse)
         result.suspensions = pd.DataFrame.from_records(suspensions, columns=SUSPENSION_COLUMNS)
+        result.st = pd.DataFrame.from_records(st, columns=SUSPENSION_COLUMNS)
         return result
 
     def _remember_days(self, code: str, start: dt.date, end: dt.date, days: list[dt.date]) -> None:

@@ -11,6 +11,8 @@ Normalised frames (the same whatever the source):
   Suspended stocks have no row.
 - suspensions: `code`, `trade_date`: listed stocks the source says did not trade that day
   (baostock `tradestatus == "0"`, Tushare `suspend_d`); absent by design, never "missing".
+- st: `code`, `trade_date`: stocks that were ST (or *ST) that day, as the source said then
+  (baostock `isST`, Tushare `namechange`); with the bars, feeds `daily_status`.
 - adj_factor: `code`, `trade_date`, `adj_factor` (cumulative, hfq price = raw x factor)
 
 Fetches take date ranges: a range run makes one fetch for the whole range.
@@ -90,6 +92,9 @@ class FetchResult:
     suspensions: pd.DataFrame | None = None
     """(code, trade_date) the source says were suspended in the range; None = not reported
     (factor fetches). Bar fetches of every source report them."""
+    st: pd.DataFrame | None = None
+    """(code, trade_date) the source says were ST (or *ST) that day, traded or suspended;
+    None = not reported. Only these pairs are ST in `daily_status`."""
 
     @property
     def failed_codes(self) -> set[str]:

@@ -44,6 +44,7 @@ class DemoSource(MarketSource):
             frame=self.market.bars(start, end, wanted),
             calls=1,
             suspensions=self.market.suspensions(start, end, wanted),
+            st=self.market.st_pairs(start, end, wanted),
         )
 
     def adj_factors(

@@ -1,8 +1,9 @@
 """A deterministic synthetic A-share market: the `demo` source, and what the fake servers serve.
 
 Everything is a pure function of (seed, number of stocks, origin): a day's values never depend
-on which range is asked for. It has what real data has: suspensions, IPOs, delistings, ST stocks,
-ex-dividend days with factor jumps, limit-up/down days and the real holiday trading_calendar.
+on which range is asked for. It has what real data has: suspensions, IPOs, delistings, ST stocks
+(some always ST, some going in and out of ST: `is_st_on`), ex-dividend days with factor jumps,
+limit-up/down days and the real holiday trading_calendar.
 Moves follow the price limits in force at `origin` (`price_limits`); they stay within any later,
 wider limit.
 """
@@ -98,9 +99,103 @@ class DemoMarket:
         )
         return frame
 
+    @cached_property
+    def _st_cycles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(cycling, period, duration, phase) per stock: ~5% of the stocks listed before the
+        origin and never delisted go in and out of ST, `duration` of every `period` days."""
+        rng = np.random.default_rng([self.seed, 5])
+        stocks = self.stocks
+        n = len(stocks)
+        candidate = (
+            ~stocks["is_st"].to_numpy(dtype=bool)
+            & (stocks["list_date"] < self.origin).to_numpy(dtype=bool)
+            & stocks["delist_date"].isna().to_numpy()
+        )
+        cycling = candidate & (rng.random(n) < 0.05)
+        if not cycling.any() and candidate.any():
+            cycling[np.argmax(candidate)] = True
+        period = rng.integers(60, 140, n)
+        duration = rng.integers(15, 45, n)
+        phase = rng.integers(0, 365, n)
+        return cycling, period, duration, phase
+
+    @property
+    def st_capped(self) -> np.ndarray:
+        """Stocks whose moves stay within the ST limit: always ST, or going in and out of it."""
+        return self.stocks["is_st"].to_numpy(dtype=bool) | self._st_cycles[0]
+
+    def is_st_on(self, day: dt.date) -> np.ndarray:
+        """Per stock (master order): was it ST (or *ST) on `day`."""
+        cycling, period, duration, phase = self._st_cycles
+        in_episode = (day.toordinal() + phase) % period < duration
+        return self.stocks["is_st"].to_numpy(dtype=bool) | (cycling & in_episode)
+
+    def st_pairs(
+        self, start: dt.date, end: dt.date, codes: list[str] | None = None
+    ) -> pd.DataFrame:
+        """(code, trade_date) of listed stocks that were ST on an open day of [start, end]."""
+        days, _, columns = self._slice(start, end, codes)
+        codes_all = self.stocks["code"].to_numpy()
+        list_ord = np.array([d.toordinal() for d in self.stocks["list_date"]])
+        delist_ord = np.array(
+            [d.toordinal() if d is not None else 10**9 for d in self.stocks["delist_date"]]
+        )
+        found_codes: list[np.ndarray] = []
+        found_days: list[dt.date] = []
+        for day in days:
+            ordinal = day.toordinal()
+            mask = self.is_st_on(day) & columns & (list_ord <= ordinal) & (ordinal < delist_ord)
+            found_codes.append(codes_all[mask])
+            found_days += [day] * int(mask.sum())
+        return pd.DataFrame(
+            {
+                "code": np.concatenate(found_codes) if found_codes else np.array([], object),
+                "trade_date": np.array(found_days, dtype=object),
+            }
+        )
+
+    def name_history(self, until: dt.date) -> pd.DataFrame:
+        """Every name each stock listed by `until` carried: `code`, `name`, `start_date`,
+        `end_date` (None = still current); a stock going into ST takes an `ST` name."""
+        cycling, period, duration, phase = self._st_cycles
+        last = until.toordinal()
+        rows: list[tuple[str, str, dt.date, dt.date | None]] = []
+
+        def add(code: str, name: str, first: int, end: int) -> None:
+            if first <= last:
+                rows.append(
+                    (
+                        code,
+                        name,
+                        dt.date.fromordinal(first),
+                        None if end >= last else dt.date.fromordinal(end),
+                    )
+                )
+
+        for i, stock in enumerate(self.stocks.itertuples(index=False)):
+            listed = stock.list_date.toordinal()
+            if listed > last:
+                continue
+            if not cycling[i]:
+                add(stock.code, stock.name, listed, 10**9)
+                continue
+            p, d = int(period[i]), int(duration[i])
+            start = self.origin.toordinal() - p
+            start += (-(start + int(phase[i]))) % p  # first episode start from there
+            add(stock.code, stock.name, listed, start - 1)
+            for begin in range(start, last + 1, p):
+                add(stock.code, "ST" + stock.name, begin, begin + d - 1)
+                add(stock.code, stock.name, begin + d, begin + p - 1)
+        return pd.DataFrame(rows, columns=["code", "name", "start_date", "end_date"])
+
     def stock_basic(self, as_of: dt.date) -> pd.DataFrame:
-        """The master as known on `as_of`: later IPOs absent, later delistings not yet done."""
-        frame = self.stocks[self.stocks["list_date"] <= as_of].copy()
+        """The master as known on `as_of`: later IPOs absent, later delistings not yet done,
+        the ST flag (and the name's ST prefix) as on `as_of`."""
+        stocks = self.stocks.copy()
+        now_st = self.is_st_on(as_of) & self._st_cycles[0]  # cycling stocks ST on as_of
+        stocks.loc[now_st, "name"] = "ST" + stocks.loc[now_st, "name"]
+        stocks["is_st"] = stocks["is_st"].to_numpy(dtype=bool) | now_st
+        frame = stocks[stocks["list_date"] <= as_of].copy()
         not_yet = frame["delist_date"].map(lambda d: d is None or d > as_of)
         frame.loc[not_yet, "delist_date"] = None
         frame["status"] = np.where(not_yet, "listed", "delisted")
@@ -118,8 +213,8 @@ class DemoMarket:
         n = self.n_stocks
         limits = np.array(
             [
-                (limit_pct(b, st, self.origin) or 10.0) / 100
-                for b, st in zip(stocks["board"], stocks["is_st"], strict=True)
+                (limit_pct(b, bool(st), self.origin) or 10.0) / 100
+                for b, st in zip(stocks["board"], self.st_capped, strict=True)
             ]
         )
         list_ord = np.array([d.toordinal() for d in stocks["list_date"]])
@@ -317,8 +412,8 @@ class DemoMarket:
         pct = self._panel["pct_chg"][rows]
         limits = np.array(
             [
-                limit_pct(b, st, self.origin) or 10.0
-                for b, st in zip(self.stocks["board"], self.stocks["is_st"], strict=True)
+                limit_pct(b, bool(st), self.origin) or 10.0
+                for b, st in zip(self.stocks["board"], self.st_capped, strict=True)
             ]
         )
         list_ord = np.array([d.toordinal() for d in self.stocks["list_date"]])

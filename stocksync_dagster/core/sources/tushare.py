@@ -12,6 +12,10 @@ A reply as long as the row cap is truncated: the day is fetched again per exchan
 `ts_code` lists (halved again if still at the cap). A day that still fails after `max_attempts`
 becomes a `FetchFailure(code=None)`; the other days carry on.
 
+ST status per day (`FetchResult.st`) comes from `namechange`: the periods a stock carried an ST
+name, as announced up to the range's end (paged with `limit`/`offset`, fetched once per source and
+end day). If `namechange` cannot be fetched the bars still sync, with ST not reported.
+
 A `daily` reply short of the expected universe (listed that day minus `suspend_d`'s suspensions)
 by more than `short_reply_tolerance` is a failed call too: it is retried; the best reply is
 kept after `max_attempts`, and the sync records the stocks still absent in `sync_failure`.
@@ -140,6 +144,9 @@ class TushareSource(MarketSource):
         self._basic_lock = threading.Lock()
         self._calendars: dict[tuple[dt.date, dt.date], pd.DataFrame] = {}
         self._stock_basic: pd.DataFrame | None = None
+        self._st_periods: dict[dt.date, pd.DataFrame] = {}
+        self.namechange_page = row_cap
+        """Rows asked for per `namechange` page (`limit`)."""
 
     # ----- MarketSource -------------------------------------------------------------------
     def trade_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -195,10 +202,52 @@ class TushareSource(MarketSource):
     def daily_bars(
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
     ) -> FetchResult:
-        """Unadjusted bars, one `daily(trade_date=...)` call per open day."""
-        return self._fetch_range(
+        """Unadjusted bars, one `daily(trade_date=...)` call per open day; ST from `namechange`."""
+        result = self._fetch_range(
             "daily", norm.BAR_FIELDS, norm.bars_frame, BAR_COLUMNS, start, end, codes
         )
+        counter = _DayResult()
+        try:
+            periods = self._st_intervals(end, counter)
+        except (_CallFailedError, norm.MalformedReplyError) as exc:
+            logger.warning(
+                "tushare namechange: %s; ST status of %s..%s not reported", exc, start, end
+            )
+        else:
+            listed = pd.concat(
+                [result.frame[["code", "trade_date"]], result.suspensions], ignore_index=True
+            )
+            result.st = norm.st_pairs(periods, listed)
+        result.calls += counter.calls
+        return result
+
+    def _st_intervals(self, end: dt.date, counter: _DayResult) -> pd.DataFrame:
+        """ST periods announced up to `end`, every page of `namechange` (cached per end)."""
+        with self._lock:
+            cached = self._st_periods.get(end)
+        if cached is not None:
+            return cached
+        pages = []
+        offset = 0
+        while True:
+            page = self._call(
+                "namechange",
+                norm.NAMECHANGE_FIELDS,
+                counter,
+                f"namechange to {end} (offset {offset})",
+                expect_rows=offset == 0,
+                end_date=norm.ymd(end),
+                limit=str(self.namechange_page),
+                offset=str(offset),
+            )
+            pages.append(page)
+            if len(page) < self.namechange_page:
+                break
+            offset += len(page)
+        periods = norm.st_intervals(pd.concat(pages, ignore_index=True))
+        with self._lock:
+            self._st_periods[end] = periods
+        return periods
 
     def adj_factors(
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None

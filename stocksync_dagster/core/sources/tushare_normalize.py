@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,9 @@ BAR_FIELDS = (
 ADJ_FACTOR_FIELDS = ("ts_code", "trade_date", "adj_factor")
 CALENDAR_FIELDS = ("cal_date", "is_open")
 STOCK_BASIC_FIELDS = ("ts_code", "name", "list_date", "delist_date", "list_status")
+NAMECHANGE_FIELDS = ("ts_code", "name", "start_date", "end_date", "ann_date")
+# ST-flavoured names: ST, *ST, and the pre-reform SST / S*ST
+_ST_NAME = re.compile(r"^S?\*?ST")
 # list_status P (listing paused) is still listed: the stock has not left the exchange.
 _STATUS = {"L": "listed", "P": "listed", "D": "delisted"}
 
@@ -199,3 +203,34 @@ def _date_or_none(value: object) -> dt.date | None:
         return parse_ymd(value)
     except ValueError:
         return None
+
+
+def st_intervals(raw: pd.DataFrame) -> pd.DataFrame:
+    """`namechange` rows -> the periods (`code`, `start`, `end`; end None = still) a stock
+    carried an ST name (ST, *ST, SST, S*ST). Rows that do not parse are skipped."""
+    _require(raw, NAMECHANGE_FIELDS[:4], "namechange")
+    rows = []
+    for code, name, start, end in zip(
+        raw["ts_code"], raw["name"], raw["start_date"], raw["end_date"], strict=True
+    ):
+        normalised = _code_or_none(code)
+        if normalised is None or not isinstance(name, str) or not _ST_NAME.match(name.strip()):
+            continue
+        try:
+            first, last = parse_ymd(start), parse_ymd(end)
+        except ValueError:
+            continue
+        if first is not None:
+            rows.append((normalised, first, last))
+    return pd.DataFrame(rows, columns=["code", "start", "end"])
+
+
+def st_pairs(intervals: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """The (code, trade_date) of `pairs` that fall inside one of the stock's ST periods."""
+    if intervals.empty or pairs.empty:
+        return pd.DataFrame({"code": pd.Series(dtype=object), "trade_date": []})
+    joined = pairs[["code", "trade_date"]].merge(intervals, on="code")
+    ends = joined["end"].map(lambda d: dt.date.max if d is None or pd.isna(d) else d)
+    inside = (joined["start"] <= joined["trade_date"]) & (joined["trade_date"] <= ends)
+    found = joined.loc[inside, ["code", "trade_date"]].drop_duplicates()
+    return found.reset_index(drop=True)

@@ -65,6 +65,26 @@ suspension = sa.Table(
     comment="Listed stocks the source says were suspended that day: no daily_bar row by design",
 )
 
+TRADE_STATUSES = ("trading", "suspended")
+
+daily_status = sa.Table(
+    "daily_status",
+    metadata,
+    sa.Column("code", sa.String(12), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column(
+        "is_st", sa.Boolean, nullable=True, comment="ST or *ST that day; NULL = not reported"
+    ),
+    sa.Column("trade_status", sa.String(10), nullable=False, comment="trading or suspended"),
+    sa.Column("source", sa.String(16), nullable=False, comment="baostock, tushare or demo"),
+    sa.CheckConstraint(
+        "trade_status IN ({})".format(", ".join(f"'{s}'" for s in TRADE_STATUSES)),
+        name="ck_daily_status_trade_status",
+    ),
+    sa.Index("ix_daily_status_trade_date", "trade_date"),
+    comment="Point-in-time status of every listed stock on every synced open day",
+)
+
 FAILURE_STATUSES = ("pending", "retrying", "resolved", "abandoned")
 WHOLE_DAY = "*"  # sync_failure.code when a whole day (not one stock) could not be fetched
 
@@ -105,6 +125,46 @@ sync_rejected_row = sa.Table(
     comment="Rows a source returned that failed validation, with the reason",
 )
 
+
+# The value columns a revision compares and keeps (never bookkeeping such as `source`).
+REVISED_COLUMNS = {
+    "daily_bar": ("open", "high", "low", "close", "pre_close", "volume", "amount", "pct_chg"),
+    "adj_factor": ("adj_factor",),
+}
+
+
+def _revision_table(target: sa.Table) -> sa.Table:
+    values = []
+    for name in REVISED_COLUMNS[target.name]:
+        column = target.c[name]
+        values += [
+            sa.Column(f"old_{name}", column.type, nullable=True, comment=column.comment),
+            sa.Column(f"new_{name}", column.type, nullable=True, comment=column.comment),
+        ]
+    return sa.Table(
+        f"{target.name}_revision",
+        metadata,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("code", sa.String(12), nullable=False),
+        sa.Column("trade_date", sa.Date, nullable=False),
+        *values,
+        sa.Column("revised_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=True, comment="the Dagster run that wrote it"),
+        sa.Index(f"ix_{target.name}_revision_day", "trade_date", "code"),
+        sa.Index(f"ix_{target.name}_revision_run", "run_id"),
+        comment=f"Previous values of `{target.name}` rows a re-fetch changed",
+    )
+
+
+daily_bar_revision = _revision_table(daily_bar)
+adj_factor_revision = _revision_table(adj_factor)
+REVISION_TABLES = {"daily_bar": daily_bar_revision, "adj_factor": adj_factor_revision}
+
 MARKET_TABLES = {"daily_bars": daily_bar, "adj_factor": adj_factor}
 
 
@@ -134,7 +194,37 @@ VIEWS = {
 }
 
 
+# qfq as seen on `as_of` (PostgreSQL only; SQLite has no table functions and `stocksync
+# export --as-of` computes the same there): days <= as_of, raw x factor / the factor on as_of
+# (the latest on or before it).
+QFQ_AS_OF_FUNCTION = """
+CREATE OR REPLACE FUNCTION daily_bar_qfq_as_of(as_of date)
+RETURNS TABLE (code varchar, trade_date date, open float8, high float8, low float8,
+               close float8, pre_close float8, volume int8, amount float8, pct_chg float8,
+               adj_factor float8)
+LANGUAGE sql STABLE AS $$
+  SELECT b.code::varchar, b.trade_date, {prices}, b.volume, b.amount, b.pct_chg, a.adj_factor
+  FROM daily_bar b
+  JOIN adj_factor a ON a.code = b.code AND a.trade_date = b.trade_date
+  JOIN LATERAL (
+    SELECT m.adj_factor FROM adj_factor m
+    WHERE m.code = b.code AND m.trade_date <= as_of
+    ORDER BY m.trade_date DESC LIMIT 1
+  ) r ON true
+  WHERE b.trade_date <= as_of
+$$
+""".replace(
+    "{prices}",
+    ", ".join(
+        f"b.{c} * a.adj_factor / r.adj_factor"
+        for c in ("open", "high", "low", "close", "pre_close")
+    ),
+)
+
+
 def create_views(connection: sa.Connection) -> None:
     for name, body in VIEWS.items():
         connection.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
         connection.exec_driver_sql(f"CREATE VIEW {name} AS {body}")
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(QFQ_AS_OF_FUNCTION)

@@ -10,6 +10,12 @@ built column-wise with numpy when every row has the same layout (no NULLs, fixed
 text), else row by row with `write_row`; either way in chunks, so memory stays bounded.
 SQLite: one `executemany` of `INSERT ... ON CONFLICT DO UPDATE ... WHERE` changed; counts
 from the statement's row count and the rows in the frame's date range before and after.
+
+Revisions: for a table with a revision table (`schema.REVISION_TABLES`), a stored row whose
+value columns (`schema.REVISED_COLUMNS`) change keeps its old and new values there, written in
+the same transaction: on PostgreSQL by a CTE of the merge statement itself, on SQLite by one
+`INSERT ... SELECT` from a TEMP staging table before the upsert (only when the range already
+has rows).
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+
+from stocksync_dagster.core.warehouse.schema import REVISED_COLUMNS, REVISION_TABLES
 
 _PG_BINARY_TYPES = {
     sa.String: "text",
@@ -50,22 +58,70 @@ class UpsertStats:
     inserted: int
     updated: int
     unchanged: int
+    revised: int = field(default=0, compare=False)
+    """Updated rows whose value columns changed, kept in the table's revision table (not part
+    of equality: stats compare as rows written, whether or not the table keeps revisions)."""
 
     @property
     def written(self) -> int:
         return self.inserted + self.updated
 
 
-def upsert_frame(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> UpsertStats:
-    """Insert or update `frame`'s rows by primary key; rows with identical values are left alone."""
+@dataclass(frozen=True)
+class _RevisionLog:
+    """Where and how an upsert keeps the previous values of the rows it changes."""
+
+    table: sa.Table
+    columns: list[str]
+    revised_at: dt.datetime
+    run_id: str | None
+
+    def target_columns(self) -> list[str]:
+        return [
+            "code",
+            "trade_date",
+            *[f"old_{c}" for c in self.columns],
+            *[f"new_{c}" for c in self.columns],
+            "revised_at",
+            "run_id",
+        ]
+
+    def stamp(self) -> list[sa.ColumnElement]:
+        return [
+            sa.literal(self.revised_at, self.table.c.revised_at.type),
+            sa.literal(self.run_id, self.table.c.run_id.type),
+        ]
+
+
+def upsert_frame(
+    connection: sa.Connection,
+    table: sa.Table,
+    frame: pd.DataFrame,
+    *,
+    run_id: str | None = None,
+    revised_at: dt.datetime | None = None,
+) -> UpsertStats:
+    """Insert or update `frame`'s rows by primary key; rows with identical values are left alone.
+
+    Rows of a table with a revision table whose values change keep their previous values
+    there, stamped `revised_at` (default now, UTC) and `run_id`.
+    """
     if frame.empty:
         return UpsertStats(0, 0, 0)
     keys = [c.name for c in table.primary_key.columns]
     columns = [c.name for c in table.columns if c.name in frame.columns]
     rows = _Rows(frame, keys, table.name)
+    revision = None
+    if table.name in REVISION_TABLES:
+        revision = _RevisionLog(
+            REVISION_TABLES[table.name],
+            [c for c in REVISED_COLUMNS[table.name] if c in columns],
+            revised_at or dt.datetime.now(dt.UTC),
+            run_id,
+        )
     if connection.dialect.name == "postgresql":
-        return _pg_upsert(connection, table, columns, keys, rows)
-    return _sqlite_upsert(connection, table, columns, keys, rows)
+        return _pg_upsert(connection, table, columns, keys, rows, revision)
+    return _sqlite_upsert(connection, table, columns, keys, rows, revision)
 
 
 class _Rows:
@@ -98,6 +154,7 @@ def _pg_upsert(
     columns: list[str],
     keys: list[str],
     rows: _Rows,
+    revision: _RevisionLog | None = None,
 ) -> UpsertStats:
     _lock_table_writes(connection, table)
     bounds = _date_bounds(table, rows.frame)
@@ -109,10 +166,10 @@ def _pg_upsert(
     _pg_copy(connection, stage.name, table, columns, rows)
     # the anti-join hashes the range's stored rows: in memory, not in batches spilled to disk
     connection.exec_driver_sql(f"SET LOCAL work_mem = '{_MERGE_WORK_MEM}'")
-    inserted, updated = connection.execute(
-        _pg_merge_statement(table, stage, columns, keys, bounds)
+    inserted, updated, revised = connection.execute(
+        _pg_merge_statement(table, stage, columns, keys, bounds, revision)
     ).one()
-    return UpsertStats(inserted, updated, len(rows) - inserted - updated)
+    return UpsertStats(inserted, updated, len(rows) - inserted - updated, revised)
 
 
 def _pg_merge_statement(
@@ -121,8 +178,13 @@ def _pg_merge_statement(
     columns: list[str],
     keys: list[str],
     bounds: tuple[str, object, object] | None,
+    revision: _RevisionLog | None = None,
 ) -> sa.Select:
-    """Insert/update only the staged rows that are new or differ; count each kind."""
+    """Insert/update only the staged rows that are new or differ; count each kind.
+
+    With `revision`, a CTE keeps the old and new values of stored rows whose value columns
+    change (the CTEs read the table as it was before the statement).
+    """
     changing = [c for c in columns if c not in keys]
     on = [table.c[k] == stage.c[k] for k in keys]
     if bounds is not None:  # lets the planner read only the range's part of the table
@@ -131,13 +193,44 @@ def _pg_merge_statement(
     differs = sa.tuple_(*[table.c[c] for c in changing]).is_distinct_from(
         sa.tuple_(*[stage.c[c] for c in changing])
     )
-    source = (
-        sa.select(*[stage.c[c] for c in columns])
-        .select_from(stage.outerjoin(table, sa.and_(*on)))
-        .where(
-            sa.or_(table.c[keys[0]].is_(None), differs) if changing else table.c[keys[0]].is_(None)
-        )
+    new_or_changed = (
+        sa.or_(table.c[keys[0]].is_(None), differs) if changing else table.c[keys[0]].is_(None)
     )
+    joined = stage.outerjoin(table, sa.and_(*on))
+    revised: sa.ColumnElement = sa.literal(0)
+    if revision is not None and revision.columns:
+        value_differs = sa.tuple_(*[table.c[c] for c in revision.columns]).is_distinct_from(
+            sa.tuple_(*[stage.c[c] for c in revision.columns])
+        )
+        changes = (
+            sa.select(
+                *[stage.c[c].label(c) for c in columns],
+                *[table.c[c].label(f"old_{c}") for c in revision.columns],
+                sa.and_(table.c[keys[0]].is_not(None), value_differs).label("is_revision"),
+            )
+            .select_from(joined)
+            .where(new_or_changed)
+            .cte("changes")
+        )
+        kept = (
+            sa.insert(revision.table)
+            .from_select(
+                revision.target_columns(),
+                sa.select(
+                    changes.c.code,
+                    changes.c.trade_date,
+                    *[changes.c[f"old_{c}"] for c in revision.columns],
+                    *[changes.c[c] for c in revision.columns],
+                    *revision.stamp(),
+                ).where(changes.c.is_revision),
+            )
+            .returning(revision.table.c.id)
+            .cte("revised")
+        )
+        revised = sa.select(sa.func.count()).select_from(kept).scalar_subquery()
+        source = sa.select(*[changes.c[c] for c in columns])
+    else:
+        source = sa.select(*[stage.c[c] for c in columns]).select_from(joined).where(new_or_changed)
     stmt = postgresql.insert(table).from_select(columns, source)
     if changing:
         stmt = stmt.on_conflict_do_update(
@@ -151,6 +244,7 @@ def _pg_merge_statement(
     return sa.select(
         sa.func.count().filter(new).label("inserted"),
         sa.func.count().filter(sa.not_(new)).label("updated"),
+        revised.label("revised"),
     ).select_from(written)
 
 
@@ -160,6 +254,7 @@ def _sqlite_upsert(
     columns: list[str],
     keys: list[str],
     rows: _Rows,
+    revision: _RevisionLog | None = None,
 ) -> UpsertStats:
     changing = [c for c in columns if c not in keys]
     stmt = sqlite.insert(table).values({c: sa.bindparam(c) for c in columns})
@@ -175,6 +270,9 @@ def _sqlite_upsert(
     bound = list(compiled.positiontup or [])
     bounds = _date_bounds(table, rows.frame)
     before = _rows_in(connection, table, bounds)
+    revised = 0
+    if before and revision is not None and revision.columns:
+        revised = _sqlite_keep_revisions(connection, table, columns, keys, rows, revision)
     cursor = connection.connection.cursor()
     written = 0
     try:
@@ -188,7 +286,50 @@ def _sqlite_upsert(
         inserted = written
     else:
         inserted = _rows_in(connection, table, bounds) - before  # an upsert never deletes
-    return UpsertStats(inserted, written - inserted, len(rows) - written)
+    return UpsertStats(inserted, written - inserted, len(rows) - written, revised)
+
+
+def _sqlite_keep_revisions(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: list[str],
+    keys: list[str],
+    rows: _Rows,
+    revision: _RevisionLog,
+) -> int:
+    """Stage the rows in a TEMP table and keep the old values of the stored rows they change."""
+    stage = _staging_table(table, columns)
+    stage.drop(connection, checkfirst=True)
+    stage.create(connection)
+    try:
+        compiled = (
+            sa.insert(stage)
+            .values({c: sa.bindparam(c) for c in columns})
+            .compile(dialect=connection.dialect)
+        )
+        bound = list(compiled.positiontup or [])
+        cursor = connection.connection.cursor()
+        try:
+            for values in _python_chunks(rows, table, bound, dates_as_text=True):
+                cursor.executemany(str(compiled), zip(*values, strict=True))  # type: ignore[arg-type]
+        finally:
+            cursor.close()
+        differs = sa.or_(*[table.c[c].is_distinct_from(stage.c[c]) for c in revision.columns])
+        statement = sa.insert(revision.table).from_select(
+            revision.target_columns(),
+            sa.select(
+                table.c.code,
+                table.c.trade_date,
+                *[table.c[c] for c in revision.columns],
+                *[stage.c[c] for c in revision.columns],
+                *revision.stamp(),
+            )
+            .select_from(stage.join(table, sa.and_(*[table.c[k] == stage.c[k] for k in keys])))
+            .where(differs),
+        )
+        return int(connection.execute(statement).rowcount)
+    finally:
+        stage.drop(connection)
 
 
 def _rows_in(

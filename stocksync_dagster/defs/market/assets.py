@@ -84,7 +84,8 @@ def _record(
         f"{report.asset}: {report.rows_fetched} rows for {len(report.open_days)} open days in "
         f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write "
         f"({report.chunks} chunks, {report.seconds:.1f}s in all); "
-        f"{report.stats.inserted} new, {report.stats.updated} changed, "
+        f"{report.stats.inserted} new, {report.stats.updated} changed "
+        f"({report.stats.revised} revised values kept), "
         f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
     )
     key = dg.AssetKey(report.asset)
@@ -177,6 +178,7 @@ def market_data(
             config.codes,
             config.max_failed_share,
             config.max_retries,
+            run_id=context.run.run_id,
             on_chunk=lambda progress: _log_chunk(context, progress),
         )
     except ConfigError as exc:  # a retry cannot fix the run's own config

@@ -16,8 +16,9 @@ from stocksync_dagster.checks.completeness import DEFAULT_MIN_SHARE, evaluate_co
 from stocksync_dagster.checks.factors import evaluate_factor_consistency, evaluate_factor_coverage
 from stocksync_dagster.checks.failures import evaluate_open_failures
 from stocksync_dagster.checks.freshness import DEFAULT_DEADLINE, evaluate_freshness
+from stocksync_dagster.checks.revisions import evaluate_old_revisions
 from stocksync_dagster.checks.sanity import evaluate_ohlc_sanity
-from stocksync_dagster.checks.scope import run_scope
+from stocksync_dagster.checks.scope import ALL_HISTORY, run_scope
 from stocksync_dagster.checks.stock_basic import evaluate_bars_within_listing
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.settings import current_settings
@@ -82,6 +83,16 @@ def _history_specs(asset: dg.AssetKey) -> list[dg.AssetCheckSpec]:
                 "empty or deleted day is stale even if Dagster materialized it."
             ),
         ),
+        dg.AssetCheckSpec(
+            "no_old_history_revised",
+            asset=asset,
+            description=(
+                f"No re-fetch changed `{table}` rows of days older than the look-back window "
+                "(STOCKSYNC_LOOKBACK_DAYS trading days before the revision): WARN when the source "
+                f"rewrote old history, naming the days; old and new values in `{table}_revision`. "
+                "Scans the run's revisions (all revisions when run alone)."
+            ),
+        ),
     ]
 
 
@@ -106,6 +117,12 @@ def _history_evaluators(
         ),
         dg.AssetCheckKey(asset, "fresh"): lambda: evaluate_freshness(
             warehouse.get(), table, trading_calendar.shanghai_now(), deadline
+        ),
+        dg.AssetCheckKey(asset, "no_old_history_revised"): lambda: evaluate_old_revisions(
+            warehouse.get(),
+            table,
+            current_settings().lookback_days,
+            None if run_scope(context) == ALL_HISTORY else context.op_execution_context.run_id,
         ),
     }
 
