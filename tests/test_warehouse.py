@@ -23,11 +23,12 @@ def read_table(warehouse: Warehouse, table: sa.Table) -> pd.DataFrame:
     return frame
 
 
-def expected(frame: pd.DataFrame) -> pd.DataFrame:
+def expected(frame: pd.DataFrame, source: str = "demo") -> pd.DataFrame:
+    """The market's rows as the warehouse stores them: sorted, labelled with their source."""
     frame = frame.sort_values(["code", "trade_date"]).reset_index(drop=True)
     if "volume" in frame:
         frame["volume"] = frame["volume"].astype("int64")
-    return frame
+    return frame.assign(source=source)
 
 
 def sync_demo(warehouse: Warehouse, start: dt.date = DEMO_START, end: dt.date = DEMO_END) -> None:
@@ -37,7 +38,7 @@ def sync_demo(warehouse: Warehouse, start: dt.date = DEMO_START, end: dt.date = 
 
 
 def test_schema_is_created_and_versioned(warehouse: Warehouse) -> None:
-    assert warehouse.schema_version() == "0002_suspension"
+    assert warehouse.schema_version() == "0003_source"
     names = set(sa.inspect(warehouse.engine).get_table_names())
     assert {"trade_calendar", "stock_basic", "daily_bar", "adj_factor", "sync_failure"} <= names
     assert {"daily_bar_qfq", "daily_bar_hfq"} <= set(sa.inspect(warehouse.engine).get_view_names())

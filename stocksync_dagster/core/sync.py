@@ -17,7 +17,9 @@ from stocksync_dagster.core.sources.base import (
     FetchFailure,
     FetchResult,
     MarketSource,
+    SOURCE_COLUMN,
     RejectedRow,
+    with_source,
 )
 from stocksync_dagster.core.validation import validate_bars, validate_factors
 from stocksync_dagster.core.warehouse import (
@@ -52,12 +54,15 @@ MISSING_ERROR = "MissingFromSource"
 DAILY_BARS = MarketDataset(
     "daily_bars",
     schema.daily_bar,
-    lambda s, a, b, c: s.daily_bars(a, b, c),
+    lambda s, a, b, c: with_source(s.daily_bars(a, b, c), s.label),
     validate_bars,
     expects_universe=True,
 )
 ADJ_FACTOR = MarketDataset(
-    "adj_factor", schema.adj_factor, lambda s, a, b, c: s.adj_factors(a, b, c), validate_factors
+    "adj_factor",
+    schema.adj_factor,
+    lambda s, a, b, c: with_source(s.adj_factors(a, b, c), s.label),
+    validate_factors,
 )
 
 
@@ -99,6 +104,17 @@ class SyncReport:
     """Suspensions per day the source reported (bars only)."""
     refetched: int = 0
     """(code, day) pairs absent from the first reply that a per-stock re-fetch recovered."""
+    rows_by_source: dict[dt.date, dict[str, int]] = field(default_factory=dict)
+    """Rows written per day and `source` label (a fallback source fills some from the second)."""
+
+    @property
+    def run_rows_by_source(self) -> dict[str, int]:
+        """Rows written per `source` label over the whole sync."""
+        total: dict[str, int] = {}
+        for per_source in self.rows_by_source.values():
+            for label, rows in per_source.items():
+                total[label] = total.get(label, 0) + rows
+        return dict(sorted(total.items()))
 
     @property
     def market_open(self) -> bool:
@@ -233,6 +249,7 @@ def sync_market_range(
         stored_rows=stored_rows,
         suspended=_per_day(result.suspensions),
         refetched=refetched,
+        rows_by_source=_rows_by_day_and_source(good),
     )
     _raise_if_too_many_failures(report, max_failed_share)
     return report
@@ -318,6 +335,15 @@ def _whole_day_failures(found: list[FetchFailure], open_days: list[dt.date]) -> 
 
 def _in(frame: pd.DataFrame, wanted: set[tuple[str, dt.date]]) -> list[bool]:
     return [(c, d) in wanted for c, d in zip(frame["code"], frame["trade_date"], strict=True)]
+
+
+def _rows_by_day_and_source(frame: pd.DataFrame) -> dict[dt.date, dict[str, int]]:
+    if SOURCE_COLUMN not in frame.columns or frame.empty:
+        return {}
+    found: dict[dt.date, dict[str, int]] = {}
+    for (day, label), rows in frame.groupby(["trade_date", SOURCE_COLUMN]).size().items():
+        found.setdefault(day, {})[str(label)] = int(rows)
+    return found
 
 
 def _per_day(frame: pd.DataFrame | None) -> dict[dt.date, int]:

@@ -135,6 +135,8 @@ def day_metadata(
         "suspended_stocks": report.suspended.get(figures.day, 0),
         "rejected_rows": len(figures.rejected),
     }
+    for label, rows in report.rows_by_source.get(figures.day, {}).items():
+        metadata[f"rows_from_{label}"] = rows
     if report.codes:
         metadata["repaired_codes"] = _listed(report.codes)
         metadata["rows_repaired"] = figures.rows_fetched
@@ -199,6 +201,7 @@ def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, objec
         "run_failure_rows_recorded": report.failure_rows,
         "run_failures_resolved": report.resolved_rows,
         "run_rejected_rows": len(report.rejected),
+        **{f"run_rows_from_{label}": rows for label, rows in report.run_rows_by_source.items()},
         "run_source_calls": report.calls,
         "run_fetch_seconds": round(report.fetch_seconds, 3),
         "run_write_seconds": round(report.write_seconds, 3),

@@ -13,6 +13,9 @@ Normalised frames (the same whatever the source):
   (baostock `tradestatus == "0"`, Tushare `suspend_d`); absent by design, never "missing".
 - adj_factor: `code`, `trade_date`, `adj_factor` (cumulative, hfq price = raw x factor)
 
+Bars and factors may also carry `source` (the label of the source a row came from); the sync
+fills it with the source's label where it is absent (`with_source`).
+
 Fetches take date ranges: a range run makes one fetch for the whole range.
 """
 
@@ -51,6 +54,8 @@ BAR_COLUMNS = [
 ]
 ADJ_FACTOR_COLUMNS = ["code", "trade_date", "adj_factor"]
 SUSPENSION_COLUMNS = ["code", "trade_date"]
+SOURCE_COLUMN = "source"
+"""Bars and factors written to the warehouse carry the label of the source each row came from."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,20 @@ class MarketSource(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def with_source(result: FetchResult, label: str) -> FetchResult:
+    """`result` with its rows (and suspensions) labelled `source = label` where unlabelled."""
+    frame = result.frame
+    if SOURCE_COLUMN not in frame.columns:
+        frame = frame.assign(**{SOURCE_COLUMN: label})
+    elif frame[SOURCE_COLUMN].isna().any():
+        frame = frame.assign(**{SOURCE_COLUMN: frame[SOURCE_COLUMN].fillna(label)})
+    result.frame = frame
+    suspensions = result.suspensions
+    if suspensions is not None and SOURCE_COLUMN not in suspensions.columns:
+        result.suspensions = suspensions.assign(**{SOURCE_COLUMN: label})
+    return result
 
 
 def empty_frame(columns: Sequence[str]) -> pd.DataFrame:
