@@ -35,7 +35,9 @@ FACTOR_FIELDS = ("adj_factor_ratio", "adj_factor")
 DEFAULT_SAMPLE_SIZE = 50
 DEFAULT_MAX_DAYS = 5
 DEFAULT_REL_TOL = 1e-6
-_LIMIT_TICK = 0.005  # prices have 2 decimals: within half a fen of the limit price is at it
+# Within one fen of the limit price counts as at it: sources round pre_close x (1 + limit)
+# differently (half up, half even, binary floats), and over-sampling a pair costs little.
+_LIMIT_TICK = 0.01 + 1e-9
 
 
 @dataclass(frozen=True)

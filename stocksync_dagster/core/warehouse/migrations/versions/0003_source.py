@@ -9,6 +9,8 @@ Revises: 0002_suspension
 import sqlalchemy as sa
 from alembic import op
 
+from stocksync_dagster.core.warehouse import schema
+
 revision = "0003_source"
 down_revision = "0002_suspension"
 branch_labels = None
@@ -49,8 +51,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the table and the columns; SQLite rebuilds the tables, so the views go first."""
     op.drop_index("ix_source_disagreement_trade_date", table_name="source_disagreement")
     op.drop_table("source_disagreement")
+    for view in ("daily_bar_qfq", "daily_bar_hfq"):
+        op.execute(f"DROP VIEW IF EXISTS {view}")
     for table in ("adj_factor", "daily_bar"):
         with op.batch_alter_table(table) as batch:
             batch.drop_column("source")
+    schema.create_views(op.get_bind())
