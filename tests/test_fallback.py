@@ -168,9 +168,7 @@ def test_tushare_fills_failed_stocks_and_a_lost_day_exactly(
     )
     assert read(warehouse_url, "sync_failure").empty
 
-    by_day = {
-        m.partition: m.metadata for m in result.asset_materializations_for_node("daily_bars")
-    }
+    by_day = {m.partition: m.metadata for m in result.asset_materializations_for_node("daily_bars")}
     lost = by_day[LOST_DAY.isoformat()]
     assert "rows_from_baostock" not in lost
     assert lost["rows_from_tushare"].value == len(market.bars(LOST_DAY, LOST_DAY))

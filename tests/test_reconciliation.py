@@ -159,7 +159,9 @@ def test_a_wrong_close_and_a_wrong_factor_jump_are_named_and_stored(
     assert bars.metadata["disagreements"].value == 1
     factors = found["adj_factor"]
     assert not factors.passed and factors.severity == dg.AssetCheckSeverity.WARN
-    assert factors.metadata["disagreeing"].value == f"{wrong_jump} {FACTOR_JUMP_DAY} adj_factor_ratio"
+    assert (
+        factors.metadata["disagreeing"].value == f"{wrong_jump} {FACTOR_JUMP_DAY} adj_factor_ratio"
+    )
     table = factors.metadata["disagreement_table"].value
     assert [r.data["code"] for r in table.records] == [wrong_jump]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -51,9 +52,7 @@ def evaluate_reconciliation(
         days = _days_in(connection, scope, settings.max_days)
         seed = f"{days[0]}..{days[-1]}" if days else "empty"
         chosen = reconcile.choose_days(days, settings.max_days, seed)
-        sample = reconcile.sample_pairs(
-            connection, chosen, settings.sample_size, other.label, seed
-        )
+        sample = reconcile.sample_pairs(connection, chosen, settings.sample_size, other.label, seed)
         try:
             found_bars = (
                 reconcile.compare_bars(connection, other, sample, settings.rel_tol)
@@ -94,8 +93,10 @@ def _days_in(connection: sa.Connection, scope: Scope, max_days: int) -> list[dt.
         query = query.where(bar.c.trade_date <= scope.end)
     if scope.start is None and scope.end is None:
         query = query.order_by(bar.c.trade_date.desc()).limit(max_days)
-    days = [d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)[:10]) for (d,) in
-            connection.execute(query)]
+    days = [
+        d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)[:10])
+        for (d,) in connection.execute(query)
+    ]
     return sorted(days)
 
 
@@ -108,7 +109,7 @@ def _result(
     settings: ReconcileSettings,
 ) -> dg.AssetCheckResult:
     wrong = found.disagreements
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "scope": scope.label,
         "other_source": found.other_source,
         "days_checked": capped(days),

@@ -135,7 +135,9 @@ def compare_bars(
                     continue
                 found.compared.add((code, day))
                 found.disagreements.append(
-                    _disagreement(code, day, "bar", mine["close"], None, mine["source"], other.label)
+                    _disagreement(
+                        code, day, "bar", mine["close"], None, mine["source"], other.label
+                    )
                 )
                 continue
             found.compared.add((code, day))

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from stocksync_dagster.core import universe
 from stocksync_dagster.core.errors import ConfigError, TooManyFailuresError
 from stocksync_dagster.core.sources.base import (
+    SOURCE_COLUMN,
     FetchFailure,
     FetchResult,
     MarketSource,
-    SOURCE_COLUMN,
     RejectedRow,
     with_source,
 )

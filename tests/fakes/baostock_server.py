@@ -12,9 +12,9 @@ includes indices (type 2) and an ETF (type 5); `query_adjust_factor` lists ex-ri
 
 Faults (`inject`, per call and/or code, one-off or persistent): `drop` (connection reset, no
 reply), `hang` (no reply, connection kept open), `fin` (half a reply then FIN: the client spins at
-100% CPU), `page2_error` (error on page 2+), `login_fail`, `malformed` (bad rows), `error`; lost data
-without an error: `omit` (one stock's day), `omit_day` (every stock's day); `fail_codes`
-(stocks whose every call errs).
+100% CPU), `page2_error` (error on page 2+), `login_fail`, `malformed` (bad rows), `error`.
+Lost data without an error: `omit` (one stock's day), `omit_day` (every stock's day);
+`fail_codes`: stocks whose every call errs.
 
     with FakeBaostockServer(DemoMarket(50), as_of=dt.date(2024, 3, 29)) as server:
         source = BaostockSource(server=("127.0.0.1", server.port))

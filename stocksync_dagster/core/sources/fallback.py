@@ -121,7 +121,9 @@ class FallbackSource(MarketSource):
         remaining: list[FetchFailure] = []
         for day in failed_days:  # empty days the primary did not report as failures
             if not any(f.code is None and f.start <= day <= f.end for f in result.failures):
-                remaining += _left_over(_empty_day_failure(day), by_day[day], day, day, self._labels)
+                remaining += _left_over(
+                    _empty_day_failure(day), by_day[day], day, day, self._labels
+                )
         for failure in result.failures:
             if failure.code is None:
                 for day in _days(failure, start, end):

@@ -85,9 +85,7 @@ def second_source_checks(
     if other is None:
         for name, key in keys.items():
             if wanted[name]:
-                yield no_second_source(scope)._replace(
-                    asset_key=key.asset_key, check_name=key.name
-                )
+                yield no_second_source(scope)._replace(asset_key=key.asset_key, check_name=key.name)
         return
     settings = ReconcileSettings(
         sample_size=config.sample_size,

@@ -45,9 +45,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), nullable=True, comment="Dagster run of the check"),
         comment="Stored values the second source disagrees with (the latest check of each pair)",
     )
-    op.create_index(
-        "ix_source_disagreement_trade_date", "source_disagreement", ["trade_date"]
-    )
+    op.create_index("ix_source_disagreement_trade_date", "source_disagreement", ["trade_date"])
 
 
 def downgrade() -> None:
