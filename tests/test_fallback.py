@@ -397,3 +397,29 @@ def test_mixed_source_rows_copy_into_postgres_and_rerun_untouched(
             ).all()
         )
     assert counts == relabelled["source"].value_counts().to_dict()
+
+
+def test_a_filled_day_continues_the_primary_factor_scale(
+    sqlite_url: str,
+    market: DemoMarket,
+    baostock_server: FakeBaostockServer,
+    lost_codes: list[str],
+) -> None:
+    """Tushare's factors are 3x baostock's here: a lost day is rescaled on the nearest day
+    baostock served; a stock baostock never served keeps Tushare's scale (documented)."""
+    with FakeTushareServer(
+        market, valid_tokens=[TOKEN], as_of=AS_OF, hang_seconds=10, factor_scale=3.0
+    ) as scaled:
+        baostock_server.fail_codes(lost_codes)
+        baostock_server.omit_day(LOST_DAY)
+        result = materialize(
+            fallback_resource(baostock_server, scaled), sqlite_url, selection=["adj_factor"]
+        )
+    assert result.success
+    stored = read(sqlite_url, "adj_factor")
+    truth = expected(market.adj_factors(START, END))
+    assert (stored["source"] == from_tushare(stored, lost_codes)).all()
+    lost = stored["code"].isin(lost_codes).to_numpy()
+    ratio = stored["adj_factor"].to_numpy() / truth["adj_factor"].to_numpy()
+    assert ratio[~lost] == pytest.approx(1.0, rel=1e-12)  # the lost day included
+    assert ratio[lost] == pytest.approx(3.0, rel=1e-12)

@@ -84,11 +84,20 @@ class FallbackSource(MarketSource):
     def adj_factors(
         self, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
     ) -> FetchResult:
-        return self._fetch(lambda s, a, b, c: s.adj_factors(a, b, c), start, end, codes)
+        return self._fetch(
+            lambda s, a, b, c: s.adj_factors(a, b, c), start, end, codes, rescale=True
+        )
 
     def _fetch(
-        self, fetch: Fetch, start: dt.date, end: dt.date, codes: Sequence[str] | None
+        self,
+        fetch: Fetch,
+        start: dt.date,
+        end: dt.date,
+        codes: Sequence[str] | None,
+        rescale: bool = False,
     ) -> FetchResult:
+        """The primary's reply, completed from the fallback; `rescale`: cumulative factors,
+        which a filled day gets on the primary's scale (see `_day_from_fallback`)."""
         result = with_source(fetch(self.primary, start, end, codes), self.primary.label)
         failed_days = sorted(
             {day for f in result.failures if f.code is None for day in _days(f, start, end)}
@@ -115,7 +124,7 @@ class FallbackSource(MarketSource):
             else None
         )
         by_day = {
-            day: with_source(fetch(self.fallback, day, day, codes), self.fallback.label)
+            day: self._day_from_fallback(fetch, result, day, failed_days, codes, rescale)
             for day in failed_days
         }
         remaining: list[FetchFailure] = []
@@ -134,6 +143,35 @@ class FallbackSource(MarketSource):
             _merge_rows(result, other)
         result.failures = remaining
         return result
+
+    def _day_from_fallback(
+        self,
+        fetch: Fetch,
+        result: FetchResult,
+        day: dt.date,
+        failed_days: Sequence[dt.date],
+        codes: Sequence[str] | None,
+        rescale: bool,
+    ) -> FetchResult:
+        """The fallback's reply for `day`. Factors: the fallback is also asked for the nearest
+        day the primary served, and each stock's factors are multiplied by primary / fallback
+        on that day, so a filled day continues the primary's scale (sources scale cumulative
+        factors differently). A stock the primary did not serve that day keeps the fallback's."""
+        served = sorted(set(result.frame["trade_date"])) if len(result.frame) else []
+        anchors = [d for d in served if d not in failed_days]
+        anchor = min(anchors, key=lambda d: (abs((d - day).days), d > day)) if anchors else None
+        if not rescale or anchor is None:
+            return with_source(fetch(self.fallback, day, day, codes), self.fallback.label)
+        reply = fetch(self.fallback, min(anchor, day), max(anchor, day), codes)
+        frame = reply.frame
+        ours = _factors_on(result.frame, anchor)
+        theirs = _factors_on(frame, anchor)
+        scale = (ours / theirs).dropna()
+        frame = frame[frame["trade_date"] != anchor].copy()
+        factor = frame["code"].map(scale).fillna(1.0)
+        frame["adj_factor"] = frame["adj_factor"].astype(float) * factor
+        reply.frame = frame.reset_index(drop=True)
+        return with_source(reply, self.fallback.label)
 
     @property
     def _labels(self) -> tuple[str, str]:
@@ -176,6 +214,12 @@ class FallbackSource(MarketSource):
     def close(self) -> None:
         for source in (self.primary, self.fallback):
             source.close()
+
+
+def _factors_on(frame: pd.DataFrame, day: dt.date) -> pd.Series:
+    """code -> factor on `day` (the first row of a code that appears twice)."""
+    rows = frame[frame["trade_date"] == day].drop_duplicates("code")
+    return rows.set_index("code")["adj_factor"].astype(float)
 
 
 def _empty_day_failure(day: dt.date) -> FetchFailure:
