@@ -33,8 +33,9 @@ class ReconcileConfig(dg.Config):
     max_days: int = pydantic.Field(default=reconcile.DEFAULT_MAX_DAYS, ge=1, le=250)
     """Days of the run compared: all of them up to this many, else the last day and a
     deterministic random choice of the others (the whole history: the latest days)."""
-    rel_tol: float = pydantic.Field(default=reconcile.DEFAULT_REL_TOL, gt=0, le=0.5)
-    """Relative tolerance of a value (bars) or of a factor jump (factors)."""
+    rel_tol_ppm: float = pydantic.Field(default=reconcile.DEFAULT_REL_TOL * 1e6, gt=0, le=1e5)
+    """Relative tolerance of a value (bars) or of a factor jump (factors), in parts per
+    million: 1.0 = 1e-6 (a number YAML reads as a number in the Launchpad)."""
     severity: Literal["WARN", "ERROR"] = "WARN"
     """Severity of a disagreement (ERROR: it alerts like the other failed checks)."""
 
@@ -90,7 +91,7 @@ def second_source_checks(
     settings = ReconcileSettings(
         sample_size=config.sample_size,
         max_days=config.max_days,
-        rel_tol=config.rel_tol,
+        rel_tol=config.rel_tol_ppm / 1e6,
         severity=dg.AssetCheckSeverity[config.severity],
     )
     results = evaluate_reconciliation(
