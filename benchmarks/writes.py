@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from benchmarks.common import Outcome, Row, Target
 from benchmarks.sizes import Size
+from stocksync_dagster.core.sources.demo import DemoSource
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.validation import validate_bars
 from stocksync_dagster.core.warehouse import Warehouse, schema
@@ -44,7 +45,7 @@ def bars_frame(stocks: int, size: Size) -> pd.DataFrame:
     """A year of validated bars for `stocks` demo stocks, as the sync writes them."""
     market = DemoMarket(stocks, origin=size.start)
     good, _ = validate_bars(market.bars(size.start, size.end), size.start, size.end)
-    return good[COLUMNS].reset_index(drop=True)
+    return good.assign(source=DemoSource.name)[COLUMNS].reset_index(drop=True)
 
 
 def _changed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -108,7 +109,8 @@ def _wal_bytes(warehouse: Warehouse, since: str) -> float:
 
 def _write_rows(cursor: object, target: str, ordered: pd.DataFrame) -> None:
     """psycopg 3 binary COPY with `write_row`, straight from the frame's columns."""
-    types = ["text", "date", *["float8"] * 5, "int8", "float8", "float8"]
+    types = ["text", "date", *["float8"] * 5, "int8", "float8", "float8", "text"]
+    assert len(types) == len(COLUMNS), "one COPY type per daily_bar column"
     sql = f"COPY {target} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     with cursor.copy(sql) as copy:  # type: ignore[attr-defined]
         copy.set_types(types)

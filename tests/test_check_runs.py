@@ -21,7 +21,7 @@ from stocksync_dagster.defs.market.jobs import range_tags
 from stocksync_dagster.resources import DemoSourceResource
 from tests.orchestration import DEMO_STOCKS, DownSourceResource, build_defs, recent_trading_days
 
-MARKET_CHECK_STEPS = {"daily_bars_checks", "adj_factor_checks"}
+MARKET_CHECK_STEPS = {"daily_bars_checks", "adj_factor_checks", "second_source_checks"}
 JOBS = ("nightly_sync", "market_sync", "reference_sync", "asset_health_checks")
 
 
@@ -51,7 +51,12 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
     result = run_job(defs, "market_sync", days, instance=instance)
     assert result.success
     steps = steps_started(result)
-    assert sorted(steps) == ["adj_factor_checks", "daily_bars_checks", "market_data"]
+    assert sorted(steps) == [
+        "adj_factor_checks",
+        "daily_bars_checks",
+        "market_data",
+        "second_source_checks",  # both assets' cross-source checks: one sample, one step
+    ]
     evaluations = result.get_asset_check_evaluations()
     by_asset = {
         asset: sorted(e.check_name for e in evaluations if e.asset_key.to_user_string() == asset)
@@ -59,6 +64,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
     }
     assert by_asset == {
         "daily_bars": [
+            "agrees_with_second_source",
             "bars_within_listing_dates",
             "complete_per_day",
             "fresh",
@@ -68,6 +74,7 @@ def test_range_run_evaluates_each_assets_checks_in_one_step(
             "ohlc_sanity",
         ],
         "adj_factor": [
+            "agrees_with_second_source",
             "factor_consistency",
             "factor_coverage",
             "fresh",
@@ -130,7 +137,9 @@ def test_failing_blocking_check_fails_its_step_after_evaluating_all_checks(
     assert not sanity.passed and sanity.metadata["code_list"].value == code
     # The other checks of the step were still evaluated; the checks downstream of daily_bars
     # (adj_factor's factor checks read daily_bar) were blocked.
-    assert sum(k.startswith("daily_bars:") for k in evaluations) == 7
+    # (the cross-source check is its own step, reading only the warehouse and the sources)
+    own_step = [k for k in evaluations if k.startswith("daily_bars:") and "second_source" not in k]
+    assert len(own_step) == 7
     assert "adj_factor_checks" not in steps_started(result)
 
 

@@ -334,7 +334,7 @@ def test_preview_is_bounded(sqlite_url: str) -> None:
     source = DemoSource(n_stocks=STOCKS, seed=11, as_of=AS_OF)
     report = sync_market([DAILY_BARS], source, warehouse, START, END, chunk_rows=60)["daily_bars"]
     assert report.preview and all(len(rows) <= 10 for rows in report.preview.values())
-    assert report.rows_by_source == {"demo": report.rows_fetched}
+    assert report.run_rows_by_source == {"demo": report.rows_fetched}
     assert isinstance(report.preview_rows(START), pd.DataFrame)
 
 

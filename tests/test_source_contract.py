@@ -93,10 +93,16 @@ def tushare_resource(server: FakeTushareServer) -> TushareSourceResource:
 
 
 def read(url: str, table: str) -> pd.DataFrame:
+    """A table's rows; market tables without `source` (see `sources`)."""
     with Warehouse(url).connect() as connection:
         frame = pd.read_sql(sa.text(f"SELECT * FROM {table} ORDER BY trade_date, code"), connection)
     frame["trade_date"] = pd.to_datetime(frame["trade_date"]).dt.date
-    return frame
+    return frame.drop(columns="source") if table in ("daily_bar", "adj_factor") else frame
+
+
+def sources(url: str, table: str) -> set[str]:
+    with Warehouse(url).connect() as connection:
+        return {s for (s,) in connection.execute(sa.text(f"SELECT DISTINCT source FROM {table}"))}
 
 
 def expected(frame: pd.DataFrame) -> pd.DataFrame:
@@ -132,6 +138,9 @@ def test_both_sources_write_the_same_rows_as_the_market(
     tushare_url = f"sqlite:///{tmp_path / 'tushare.db'}"
     assert materialize(tushare_resource(tushare_server), tushare_url).success
     by_tushare = {t: read(tushare_url, t) for t in ("daily_bar", "adj_factor")}
+    for table in ("daily_bar", "adj_factor"):
+        assert sources(warehouse_url, table) == {"baostock"}
+        assert sources(tushare_url, table) == {"tushare"}
     pd.testing.assert_frame_equal(
         by_baostock["daily_bar"], by_tushare["daily_bar"], check_dtype=False
     )

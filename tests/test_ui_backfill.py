@@ -287,6 +287,7 @@ def test_ui_backfill_of_both_market_assets_is_one_run_with_each_partitions_own_f
         "adj_factor_checks",
         "daily_bars_checks",
         "market_data",
+        "second_source_checks",
     ]
     assert {s["status"] for s in run["stepStats"]} == {"SUCCESS"}
     # ... and every one of them was evaluated in that run (passed, or failed with a reason).

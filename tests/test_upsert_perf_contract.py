@@ -28,7 +28,7 @@ def pg_warehouse(postgres_server_url: str) -> Iterator[Warehouse]:
 
 
 def bars() -> pd.DataFrame:
-    return DemoSource().market.bars(DEMO_START, DEMO_END)
+    return DemoSource().market.bars(DEMO_START, DEMO_END).assign(source="demo")
 
 
 def write(warehouse: Warehouse, table: sa.Table, frame: pd.DataFrame) -> UpsertStats:

@@ -23,11 +23,12 @@ def read_table(warehouse: Warehouse, table: sa.Table) -> pd.DataFrame:
     return frame
 
 
-def expected(frame: pd.DataFrame) -> pd.DataFrame:
+def expected(frame: pd.DataFrame, source: str = "demo") -> pd.DataFrame:
+    """The market's rows as the warehouse stores them: sorted, labelled with their source."""
     frame = frame.sort_values(["code", "trade_date"]).reset_index(drop=True)
     if "volume" in frame:
         frame["volume"] = frame["volume"].astype("int64")
-    return frame
+    return frame.assign(source=source)
 
 
 def sync_demo(warehouse: Warehouse, start: dt.date = DEMO_START, end: dt.date = DEMO_END) -> None:

@@ -74,7 +74,7 @@ def run_backfill(settings: Settings, start: dt.date, end: dt.date, assets: Seque
     from stocksync_dagster.defs.policies import MAX_PARTITIONS_PER_RUN
 
     selected = backfill_assets(assets)
-    if settings.source == "tushare" and not settings.tushare_tokens:
+    if settings.uses_tushare and not settings.tushare_tokens:
         raise ConfigError("TUSHARE_TOKEN", "not set", "required for STOCKSYNC_SOURCE=tushare")
     start, end, note = settled_range(start, end, settings)
     if note:

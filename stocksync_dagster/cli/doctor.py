@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from stocksync_dagster.core.errors import StocksyncError
 from stocksync_dagster.core.settings import Settings, redact_url
+from stocksync_dagster.resources import FallbackSourceResource
 
 SOURCE_TIMEOUT_SECONDS = 30
 
@@ -62,7 +63,7 @@ def _database(resource: dg.ConfigurableResource) -> str:
 
 
 def _source(settings: Settings, resource: dg.ConfigurableResource) -> str:
-    if settings.source == "tushare" and not settings.tushare_tokens:
+    if settings.uses_tushare and not settings.tushare_tokens:
         raise StocksyncError("TUSHARE_TOKEN: not set (required for STOCKSYNC_SOURCE=tushare)")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     future = pool.submit(_probe_source, resource)
@@ -70,10 +71,15 @@ def _source(settings: Settings, resource: dg.ConfigurableResource) -> str:
         return future.result(timeout=SOURCE_TIMEOUT_SECONDS)
     except concurrent.futures.TimeoutError:
         raise StocksyncError(
-            f"{settings.source}: no answer in {SOURCE_TIMEOUT_SECONDS}s (is the server reachable?)"
+            f"{','.join(settings.sources)}: no answer in {SOURCE_TIMEOUT_SECONDS}s "
+            "(is the server reachable?)"
         ) from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prober(settings: Settings, resource: dg.ConfigurableResource) -> Callable[[], str]:
+    return lambda: _source(settings, resource)
 
 
 def _probe_source(resource: dg.ConfigurableResource) -> str:
@@ -86,16 +92,19 @@ def run_doctor(settings: Settings) -> bool:
     from stocksync_dagster.defs.resources import project_resources
 
     click.echo("configuration")
-    click.echo(f"  ok    STOCKSYNC_SOURCE: {settings.source}")
+    sources = settings.source + (
+        f" (fallback: {settings.fallback_source})" if settings.fallback_source else ""
+    )
+    click.echo(f"  ok    STOCKSYNC_SOURCE: {sources}")
     click.echo(f"  ok    STOCKSYNC_START_DATE: {settings.start_date}")
     try:
         resources = project_resources(settings)
     except (pydantic.ValidationError, StocksyncError) as exc:
         click.echo(f"  FAIL  {settings.source} settings: {first_line(exc)}")
         return False
-    if settings.source == "baostock" and settings.baostock_server:
+    if "baostock" in settings.sources and settings.baostock_server:
         click.echo(f"  ok    BAOSTOCK_SERVER: {settings.baostock_server}")
-    if settings.source == "tushare":
+    if settings.uses_tushare:
         click.echo(f"  ok    TUSHARE_TOKEN: {len(settings.tushare_tokens)} token(s) (not shown)")
         if settings.tushare_api_url:
             click.echo(f"  ok    TUSHARE_API_URL: {redact_url(settings.tushare_api_url)}")
@@ -108,5 +117,13 @@ def run_doctor(settings: Settings) -> bool:
     click.echo("database")
     ok = _check("warehouse", lambda: _database(resources["warehouse"]))
     click.echo("source")
-    ok = _check(settings.source, lambda: _source(settings, resources["source"])) and ok
+    source = resources["source"]
+    if isinstance(source, FallbackSourceResource):  # each source on its own line
+        for role, name, resource in (
+            ("primary", settings.source, source.primary),
+            ("fallback", settings.fallback_source, source.fallback),
+        ):
+            ok = _check(f"{name} ({role})", _prober(settings, resource)) and ok
+        return ok
+    ok = _check(settings.source, lambda: _source(settings, source)) and ok
     return ok

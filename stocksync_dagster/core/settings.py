@@ -33,6 +33,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     database_url_from_env: bool = False
     source: str = DEFAULT_SOURCE
+    """The primary source (the first of STOCKSYNC_SOURCE)."""
+    fallback_source: str | None = None
+    """The second of STOCKSYNC_SOURCE, which fills what the primary could not fetch."""
     start_date: dt.date = DEFAULT_START_DATE
     # Checked here so every command rejects a bad value at once; kept as text, which the source
     # resource's field takes (and turns into an address once, when its pool opens).
@@ -51,6 +54,15 @@ class Settings:
     source_retries: int = 3
     source_retry_delay_seconds: float = 30.0
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The configured sources in order: the primary, then the fallback if any."""
+        return (self.source, self.fallback_source) if self.fallback_source else (self.source,)
+
+    @property
+    def uses_tushare(self) -> bool:
+        return "tushare" in self.sources
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -60,7 +72,7 @@ class Settings:
             return value.strip() if value is not None and value.strip() else None
 
         database_url = get("STOCKSYNC_DATABASE_URL")
-        source = (get("STOCKSYNC_SOURCE") or DEFAULT_SOURCE).lower()
+        sources = parse_sources(get("STOCKSYNC_SOURCE") or DEFAULT_SOURCE)
         start = get("STOCKSYNC_START_DATE")
         server = get("BAOSTOCK_SERVER")
         tokens = get("TUSHARE_TOKEN")
@@ -81,7 +93,8 @@ class Settings:
             if database_url
             else DEFAULT_DATABASE_URL,
             database_url_from_env=database_url is not None,
-            source=validate_source(source),
+            source=sources[0],
+            fallback_source=sources[1] if len(sources) > 1 else None,
             start_date=validate_start_date(start) if start else DEFAULT_START_DATE,
             baostock_server=validate_host_port(server, "BAOSTOCK_SERVER") if server else None,
             tushare_tokens=parse_tokens(tokens) if tokens else (),
@@ -110,6 +123,33 @@ class Settings:
                 else 30.0
             ),
         )
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """`baostock`, or an ordered pair `baostock,tushare`: the primary, then its fallback."""
+    names = tuple(n.strip().lower() for n in text.split(","))
+    if len(names) > 2:
+        raise ConfigError(
+            "STOCKSYNC_SOURCE",
+            f"{len(names)} sources given",
+            "one source, or two: the primary and its fallback, e.g. baostock,tushare",
+        )
+    for name in names:
+        if not name:
+            raise ConfigError("STOCKSYNC_SOURCE", "an empty source name", "e.g. baostock,tushare")
+        validate_source(name)
+    if len(names) == 2:
+        if names[0] == names[1]:
+            raise ConfigError(
+                "STOCKSYNC_SOURCE", f"{names[0]} is given twice", "e.g. baostock,tushare"
+            )
+        if "demo" in names:
+            raise ConfigError(
+                "STOCKSYNC_SOURCE",
+                "demo cannot be combined with a real source (synthetic rows in a real history)",
+                "use demo alone, or baostock,tushare",
+            )
+    return names
 
 
 def validate_source(source: str) -> str:

@@ -31,11 +31,13 @@ import sqlalchemy as sa
 from stocksync_dagster.core import universe
 from stocksync_dagster.core.errors import ConfigError, TooManyFailuresError
 from stocksync_dagster.core.sources.base import (
+    SOURCE_COLUMN,
     ChunkAxis,
     FetchFailure,
     FetchResult,
     MarketSource,
     RejectedRow,
+    with_source,
 )
 from stocksync_dagster.core.validation import validate_bars, validate_factors
 from stocksync_dagster.core.warehouse import (
@@ -79,12 +81,15 @@ PREVIEW_ROWS = 10
 DAILY_BARS = MarketDataset(
     "daily_bars",
     schema.daily_bar,
-    lambda s, a, b, c: s.daily_bars(a, b, c),
+    lambda s, a, b, c: with_source(s.daily_bars(a, b, c), s.label),
     validate_bars,
     expects_universe=True,
 )
 ADJ_FACTOR = MarketDataset(
-    "adj_factor", schema.adj_factor, lambda s, a, b, c: s.adj_factors(a, b, c), validate_factors
+    "adj_factor",
+    schema.adj_factor,
+    lambda s, a, b, c: with_source(s.adj_factors(a, b, c), s.label),
+    validate_factors,
 )
 
 
@@ -119,8 +124,6 @@ class SyncReport:
     """Stocks with at least one valid row."""
     preview: dict[dt.date, pd.DataFrame] = field(default_factory=dict)
     """Up to PREVIEW_ROWS fetched rows per day (the UI's preview table)."""
-    rows_by_source: dict[str, int] = field(default_factory=dict)
-    """Valid rows per source (the frames' `source` column, else the source's label)."""
     failures: list[FetchFailure] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     failure_rows: int = 0
@@ -142,6 +145,17 @@ class SyncReport:
     """(code, day) pairs absent from the first reply that a per-stock re-fetch recovered."""
     revisions: dict[dt.date, int] = field(default_factory=dict)
     """Stored rows per day whose values this sync changed (kept in the revision table)."""
+    rows_by_source: dict[dt.date, dict[str, int]] = field(default_factory=dict)
+    """Rows written per day and `source` label (a fallback source fills some from the second)."""
+
+    @property
+    def run_rows_by_source(self) -> dict[str, int]:
+        """Rows written per `source` label over the whole sync."""
+        total: dict[str, int] = {}
+        for per_source in self.rows_by_source.values():
+            for label, rows in per_source.items():
+                total[label] = total.get(label, 0) + rows
+        return dict(sorted(total.items()))
 
     @property
     def market_open(self) -> bool:
@@ -202,11 +216,13 @@ class SyncReport:
             for day, n in good.groupby("trade_date", sort=False).size().items():
                 self.fetched_per_day[day] = self.fetched_per_day.get(day, 0) + int(n)
             self.fetched_codes.update(good["code"].unique())
-            if "source" in good.columns:
-                for name, n in good["source"].value_counts().items():
-                    self.rows_by_source[str(name)] = self.rows_by_source.get(str(name), 0) + int(n)
-            else:
-                self.rows_by_source[label] = self.rows_by_source.get(label, 0) + len(good)
+            by_source = _rows_by_day_and_source(good) or {
+                day: {label: n} for day, n in good.groupby("trade_date", sort=False).size().items()
+            }
+            for day, per_source in by_source.items():
+                into = self.rows_by_source.setdefault(day, {})
+                for name, n in per_source.items():
+                    into[name] = into.get(name, 0) + int(n)
             self._add_preview(good)
         self.failures += part.failures
         self.rejected += part.rejected
@@ -800,6 +816,15 @@ def _in(frame: pd.DataFrame, wanted: set[tuple[str, dt.date]]) -> list[bool]:
 
 def _whole_day_failures(found: list[FetchFailure], open_days: list[dt.date]) -> set[dt.date]:
     return {d for f in found if f.code is None for d in open_days if f.start <= d <= f.end}
+
+
+def _rows_by_day_and_source(frame: pd.DataFrame) -> dict[dt.date, dict[str, int]]:
+    if SOURCE_COLUMN not in frame.columns or frame.empty:
+        return {}
+    found: dict[dt.date, dict[str, int]] = {}
+    for (day, label), rows in frame.groupby(["trade_date", SOURCE_COLUMN]).size().items():
+        found.setdefault(day, {})[str(label)] = int(rows)
+    return found
 
 
 def _per_day(frame: pd.DataFrame | None) -> dict[dt.date, int]:

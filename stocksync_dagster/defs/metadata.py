@@ -136,6 +136,8 @@ def day_metadata(
         "rejected_rows": len(figures.rejected),
         "revised_rows": report.revisions.get(figures.day, 0),
     }
+    for label, rows in report.rows_by_source.get(figures.day, {}).items():
+        metadata[f"rows_from_{label}"] = rows
     if report.codes:
         metadata["repaired_codes"] = _listed(report.codes)
         metadata["rows_repaired"] = figures.rows_fetched
@@ -200,6 +202,7 @@ def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, objec
         "run_failure_rows_recorded": report.failure_rows,
         "run_failures_resolved": report.resolved_rows,
         "run_rejected_rows": len(report.rejected),
+        **{f"run_rows_from_{label}": rows for label, rows in report.run_rows_by_source.items()},
         "run_source_calls": report.calls,
         "run_fetch_seconds": round(report.fetch_seconds, 3),
         "run_write_seconds": round(report.write_seconds, 3),
@@ -207,8 +210,6 @@ def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, objec
         "run_chunks": report.chunks,
         "run_rows_per_second": round(report.rows_fetched / seconds) if seconds > 0 else 0,
     }
-    if report.rows_by_source:
-        metadata["run_rows_by_source"] = dg.MetadataValue.json(dict(report.rows_by_source))
     if len(per_day) <= MAX_DAYS_TABLED:
         metadata["run_rows_per_day"] = frame_table(per_day)
     if report.rejected:

@@ -6,6 +6,7 @@ from stocksync_dagster.core.settings import Settings, current_settings
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     DemoSourceResource,
+    FallbackSourceResource,
     MarketSourceResource,
     TushareSourceResource,
     build_warehouse_resource,
@@ -13,10 +14,23 @@ from stocksync_dagster.resources import (
 
 
 def source_resource(settings: Settings) -> MarketSourceResource:
-    """The source STOCKSYNC_SOURCE names; the token stays an `EnvVar`, so the UI never shows it."""
-    if settings.source == "demo":
+    """The source STOCKSYNC_SOURCE names; the token stays an `EnvVar`, so the UI never shows it.
+
+    Two names (`baostock,tushare`): the first, with the second as its fallback.
+    """
+    if settings.fallback_source is not None:
+        return FallbackSourceResource(
+            primary=single_source_resource(settings, settings.source),
+            fallback=single_source_resource(settings, settings.fallback_source),
+        )
+    return single_source_resource(settings, settings.source)
+
+
+def single_source_resource(settings: Settings, name: str) -> MarketSourceResource:
+    """The resource of one source, `baostock`, `tushare` or `demo`, from the settings."""
+    if name == "demo":
         return DemoSourceResource()
-    if settings.source == "tushare":
+    if name == "tushare":
         return TushareSourceResource(
             tokens=dg.EnvVar("TUSHARE_TOKEN"), api_url=settings.tushare_api_url
         )

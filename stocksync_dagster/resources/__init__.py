@@ -3,6 +3,7 @@
 from stocksync_dagster.resources.sources import (
     BaostockSourceResource,
     DemoSourceResource,
+    FallbackSourceResource,
     MarketSourceResource,
     SourceNotOpenError,
     TushareSourceResource,
@@ -12,6 +13,7 @@ from stocksync_dagster.resources.warehouse import WarehouseResource, build_wareh
 __all__ = [
     "BaostockSourceResource",
     "DemoSourceResource",
+    "FallbackSourceResource",
     "MarketSourceResource",
     "SourceNotOpenError",
     "TushareSourceResource",

@@ -98,6 +98,11 @@ class MarketSourceResource(dg.ConfigurableResource, MarketSource):
         """Reach the source once; a one-line description, or SourceError if it is down."""
         return self.source.check_connection()
 
+    @property
+    def second_source(self) -> MarketSource | None:
+        """The other source the reconciliation check compares with; None with one source."""
+        return None
+
 
 class DemoSourceResource(MarketSourceResource):
     """The deterministic offline demo market (no network)."""
@@ -198,3 +203,27 @@ class TushareSourceResource(MarketSourceResource):
             call_timeout_seconds=self.call_timeout_seconds,
             rate_limit_pause_seconds=self.rate_limit_pause_seconds,
         )
+
+
+class FallbackSourceResource(MarketSourceResource):
+    """`primary`, with `fallback` filling the stocks and days it could not fetch.
+
+    Both are source resources of their own, each with its own settings, pool and limits
+    (`STOCKSYNC_SOURCE=baostock,tushare`); Dagster sets them up before this one.
+    """
+
+    primary: MarketSourceResource
+    fallback: MarketSourceResource
+
+    def make_source(self) -> MarketSource:
+        from stocksync_dagster.core.sources.fallback import FallbackSource
+
+        return FallbackSource(self.primary.source, self.fallback.source)
+
+    def close(self) -> None:
+        """Forget the composite; the nested resources close their own engines."""
+        self._source = None
+
+    @property
+    def second_source(self) -> MarketSource | None:
+        return self.fallback.source

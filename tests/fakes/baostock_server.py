@@ -13,6 +13,8 @@ includes indices (type 2) and an ETF (type 5); `query_adjust_factor` lists ex-ri
 Faults (`inject`, per call and/or code, one-off or persistent): `drop` (connection reset, no
 reply), `hang` (no reply, connection kept open), `fin` (half a reply then FIN: the client spins at
 100% CPU), `page2_error` (error on page 2+), `login_fail`, `malformed` (bad rows), `error`.
+Lost data without an error: `omit` (one stock's day), `omit_day` (every stock's day);
+`fail_codes`: stocks whose every call errs.
 
     with FakeBaostockServer(DemoMarket(50), as_of=dt.date(2024, 3, 29)) as server:
         source = BaostockSource(server=("127.0.0.1", server.port))
@@ -131,6 +133,7 @@ class FakeBaostockServer:
         self.logins = 0
         self._faults: list[Fault] = []
         self.omitted: set[tuple[str, str]] = set()  # (sh.600000, YYYY-MM-DD) rows left out
+        self.omitted_days: set[str] = set()  # YYYY-MM-DD: every stock's row left out
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -199,11 +202,22 @@ class FakeBaostockServer:
         with self._lock:
             self._faults.clear()
             self.omitted.clear()
+            self.omitted_days.clear()
 
     def omit(self, code: str, day: dt.date) -> None:
         """Leave out one stock's row of one day, silently (no error code): a lost row."""
         with self._lock:
             self.omitted.add((to_baostock(code), day.isoformat()))
+
+    def omit_day(self, day: dt.date) -> None:
+        """Leave out every stock's row of `day`, silently: a whole day lost."""
+        with self._lock:
+            self.omitted_days.add(day.isoformat())
+
+    def fail_codes(self, codes: list[str]) -> None:
+        """Every call for these stocks (bars and factors) fails with an error code, always."""
+        for code in codes:
+            self.inject("error", code=code, times=None)
 
     # ----- the market as baostock tables ----------------------------------------------------
     def _build_tables(self) -> None:
@@ -427,7 +441,7 @@ class FakeBaostockServer:
         hi = bisect.bisect_right(table["date"], end)
         columns = [table[n] for n in wanted]
         with self._lock:
-            omitted = {day for bao, day in self.omitted if bao == code}
+            omitted = {day for bao, day in self.omitted if bao == code} | self.omitted_days
         return [
             [column[i] for column in columns]
             for i in range(lo, hi)

@@ -8,6 +8,10 @@ Behaviour tests can switch on: per-call latency, a per-token per-API rate limit 
 refusal text), a row cap, valid tokens, tokens without permission, and one-off or persistent
 faults (`inject`): HTTP 500, hang (no reply), dropped connection, malformed rows, an error
 message echoing the token, a short reply (every other row dropped, below the row cap).
+Wrong data, for cross-source checks: `serve_wrong` (one value of one stock's day),
+`shift_factors` (a factor jump the market did not have), `drop_codes` (stocks silently left
+out of `daily` and `adj_factor`), and `factor_scale` (every factor times a constant: the real
+services scale their cumulative factors differently).
 
     with FakeTushareServer(DemoMarket(50)) as server:
         source = TushareSource(["t1"], api_url=server.url)
@@ -106,8 +110,13 @@ class FakeTushareServer:
         as_of: dt.date | None = None,
         hang_seconds: float = 30.0,
         port: int = 0,
+        factor_scale: float = 1.0,
     ) -> None:
         self.market = market
+        self.factor_scale = factor_scale
+        self.wrong: dict[tuple[str, dt.date, str], float] = {}  # (code, day, field) -> value
+        self.factor_shifts: dict[str, tuple[dt.date, float]] = {}  # code -> (since, ratio)
+        self.dropped_codes: set[str] = set()
         self.latency_ms = latency_ms
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
@@ -194,6 +203,24 @@ class FakeTushareServer:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self.wrong.clear()
+            self.factor_shifts.clear()
+            self.dropped_codes.clear()
+
+    def serve_wrong(self, code: str, day: dt.date, field: str, value: float) -> None:
+        """Serve `value` (in the warehouse's units: CNY, shares) as `code`'s `field` on `day`."""
+        with self._lock:
+            self.wrong[(code, day, field)] = value
+
+    def shift_factors(self, code: str, since: dt.date, ratio: float) -> None:
+        """Multiply `code`'s factors from `since` on by `ratio`: a jump on `since` only."""
+        with self._lock:
+            self.factor_shifts[code] = (since, ratio)
+
+    def drop_codes(self, codes: Iterable[str]) -> None:
+        """Leave these stocks out of every `daily` and `adj_factor` reply, silently."""
+        with self._lock:
+            self.dropped_codes |= set(codes)
 
     def outcomes(self, api: str | None = None) -> list[str]:
         with self._lock:
@@ -334,6 +361,7 @@ class FakeTushareServer:
                 frame = (self.market.bars if api == "daily" else self.market.adj_factors)(
                     start, end, codes
                 )
+        frame = self._spoil(api, frame)
         dates = [_ymd(d) for d in frame["trade_date"]]
         codes_out = list(frame["code"])
         if api == "adj_factor":
@@ -368,6 +396,25 @@ class FakeTushareServer:
             )
         ]
         return _DAILY_FIELDS, items
+
+    def _spoil(self, api: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """The market as this server misreports it (see `serve_wrong` and the others)."""
+        with self._lock:
+            wrong, shifts, dropped = dict(self.wrong), dict(self.factor_shifts), self.dropped_codes
+            dropped = set(dropped)
+        if not len(frame):
+            return frame
+        frame = frame[~frame["code"].isin(dropped)].copy() if dropped else frame.copy()
+        if api == "adj_factor":
+            frame["adj_factor"] = frame["adj_factor"] * self.factor_scale
+            for code, (since, ratio) in shifts.items():
+                hit = (frame["code"] == code) & (frame["trade_date"] >= since)
+                frame.loc[hit, "adj_factor"] = frame.loc[hit, "adj_factor"] * ratio
+            return frame
+        for (code, day, field), value in wrong.items():
+            hit = (frame["code"] == code) & (frame["trade_date"] == day)
+            frame.loc[hit, field] = value
+        return frame
 
     def _suspend_d(self, params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         start, end = self._range(params)

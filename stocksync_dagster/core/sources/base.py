@@ -15,6 +15,9 @@ Normalised frames (the same whatever the source):
   (baostock `isST`, Tushare `namechange`); with the bars, feeds `daily_status`.
 - adj_factor: `code`, `trade_date`, `adj_factor` (cumulative, hfq price = raw x factor)
 
+Bars and factors may also carry `source` (the label of the source a row came from); the sync
+fills it with the source's label where it is absent (`with_source`).
+
 Fetches take date ranges: a range run makes one fetch for the whole range.
 """
 
@@ -53,6 +56,8 @@ BAR_COLUMNS = [
 ]
 ADJ_FACTOR_COLUMNS = ["code", "trade_date", "adj_factor"]
 SUSPENSION_COLUMNS = ["code", "trade_date"]
+SOURCE_COLUMN = "source"
+"""Bars and factors written to the warehouse carry the label of the source each row came from."""
 
 ChunkAxis = Literal["stocks", "days"]
 """How a long range is cut into chunks without extra calls: by stock batches (sources that
@@ -153,6 +158,20 @@ class MarketSource(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def with_source(result: FetchResult, label: str) -> FetchResult:
+    """`result` with its rows (and suspensions) labelled `source = label` where unlabelled."""
+    frame = result.frame
+    if SOURCE_COLUMN not in frame.columns:
+        frame = frame.assign(**{SOURCE_COLUMN: label})
+    elif frame[SOURCE_COLUMN].isna().any():
+        frame = frame.assign(**{SOURCE_COLUMN: frame[SOURCE_COLUMN].fillna(label)})
+    result.frame = frame
+    suspensions = result.suspensions
+    if suspensions is not None and SOURCE_COLUMN not in suspensions.columns:
+        result.suspensions = suspensions.assign(**{SOURCE_COLUMN: label})
+    return result
 
 
 def empty_frame(columns: Sequence[str]) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+SOURCE_COMMENT = "baostock, tushare or demo: where the row came from (NULL: written before 0003)"
 
 trade_calendar = sa.Table(
     "trade_calendar",
@@ -41,6 +42,7 @@ daily_bar = sa.Table(
     sa.Column("volume", sa.BigInteger, nullable=False, comment="shares"),
     sa.Column("amount", sa.Double, nullable=False, comment="CNY"),
     sa.Column("pct_chg", sa.Double, nullable=True, comment="percent: 1.5 means +1.5%"),
+    sa.Column("source", sa.String(16), nullable=True, comment=SOURCE_COMMENT),
     sa.Index("ix_daily_bar_trade_date", "trade_date"),
     comment="Unadjusted daily bars in CNY and shares; suspended days have no row",
 )
@@ -51,6 +53,7 @@ adj_factor = sa.Table(
     sa.Column("code", sa.String(12), primary_key=True),
     sa.Column("trade_date", sa.Date, primary_key=True),
     sa.Column("adj_factor", sa.Double, nullable=False),
+    sa.Column("source", sa.String(16), nullable=True, comment=SOURCE_COMMENT),
     sa.Index("ix_adj_factor_trade_date", "trade_date"),
     comment="Cumulative adjustment factor: hfq price = raw x adj_factor",
 )
@@ -164,6 +167,28 @@ def _revision_table(target: sa.Table) -> sa.Table:
 daily_bar_revision = _revision_table(daily_bar)
 adj_factor_revision = _revision_table(adj_factor)
 REVISION_TABLES = {"daily_bar": daily_bar_revision, "adj_factor": adj_factor_revision}
+
+
+source_disagreement = sa.Table(
+    "source_disagreement",
+    metadata,
+    sa.Column("code", sa.String(12), primary_key=True),
+    sa.Column("trade_date", sa.Date, primary_key=True),
+    sa.Column(
+        "field",
+        sa.String(24),
+        primary_key=True,
+        comment="open/high/low/close/volume/amount, adj_factor_ratio, or bar/adj_factor (absent)",
+    ),
+    sa.Column("primary_value", sa.Double, nullable=True, comment="the warehouse's value"),
+    sa.Column("other_value", sa.Double, nullable=True, comment="the other source's value"),
+    sa.Column("primary_source", sa.String(16), nullable=False, comment="source of the stored row"),
+    sa.Column("other_source", sa.String(16), nullable=False),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=True, comment="Dagster run of the check"),
+    sa.Index("ix_source_disagreement_trade_date", "trade_date"),
+    comment="Stored values the second source disagrees with (the latest check of each pair)",
+)
 
 MARKET_TABLES = {"daily_bars": daily_bar, "adj_factor": adj_factor}
 

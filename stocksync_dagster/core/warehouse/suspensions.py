@@ -26,9 +26,14 @@ def replace_suspensions(
         delete = delete.where(suspension.c.code.in_(list(codes)))
     connection.execute(delete)
     wanted = set(days)
+    labels = frame["source"] if "source" in frame.columns else [source] * len(frame)
+    found = {
+        (code, day): label
+        for code, day, label in zip(frame["code"], frame["trade_date"], labels, strict=True)
+    }  # a frame's own `source` column (a fallback source's union) wins over `source`
     rows = [
-        {"code": code, "trade_date": day, "source": source}
-        for code, day in set(zip(frame["code"], frame["trade_date"], strict=True))
+        {"code": code, "trade_date": day, "source": label}
+        for (code, day), label in found.items()
         if day in wanted and (codes is None or code in codes)
     ]
     if rows:

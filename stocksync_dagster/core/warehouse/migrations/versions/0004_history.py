@@ -13,7 +13,7 @@ from alembic import op
 from stocksync_dagster.core.warehouse import schema
 
 revision = "0004_history"
-down_revision = "0002_suspension"
+down_revision = "0003_source"
 branch_labels = None
 depends_on = None
 
