@@ -22,7 +22,7 @@ from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.defs.resources import source_resource
 from stocksync_dagster.resources import (
     BaostockSourceResource,
@@ -107,7 +107,7 @@ def range_tags(start: dt.date = START, end: dt.date = END) -> dict[str, str]:
 
 def materialize(resource: dg.ConfigurableResource, url: str, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [daily_bars, adj_factor],
+        [market_data],
         resources={"source": resource, "warehouse": WarehouseResource(url=url)},
         tags=range_tags(),
         raise_on_error=False,
@@ -168,7 +168,7 @@ def test_tushare_fills_failed_stocks_and_a_lost_day_exactly(
     )
     assert read(warehouse_url, "sync_failure").empty
 
-    by_day = {m.partition: m.metadata for m in result.asset_materializations_for_node("daily_bars")}
+    by_day = {m.partition: m.metadata for m in bars_materializations(result)}
     lost = by_day[LOST_DAY.isoformat()]
     assert "rows_from_baostock" not in lost
     assert lost["rows_from_tushare"].value == len(market.bars(LOST_DAY, LOST_DAY))
@@ -195,7 +195,7 @@ def test_a_stock_both_sources_lack_is_recorded_naming_both(
     result = materialize(
         fallback_resource(baostock_server, tushare_server),
         sqlite_url,
-        run_config=dg.RunConfig(ops={"daily_bars": tolerant, "adj_factor": tolerant}),
+        run_config=dg.RunConfig(ops={"market_data": tolerant}),
     )
     assert result.success  # 1 stock of ~50 is within a max_failed_share of 5%
     recorded = read(sqlite_url, "sync_failure")
@@ -213,7 +213,7 @@ def test_a_stock_both_sources_lack_is_recorded_naming_both(
     pd.testing.assert_frame_equal(
         stored.drop(columns="source"), expected(others), check_dtype=False
     )
-    metadata = result.asset_materializations_for_node("daily_bars")[0].metadata
+    metadata = bars_materializations(result)[0].metadata
     assert victim in metadata["failed_codes"].value
 
 
@@ -423,3 +423,12 @@ def test_a_filled_day_continues_the_primary_factor_scale(
     ratio = stored["adj_factor"].to_numpy() / truth["adj_factor"].to_numpy()
     assert ratio[~lost] == pytest.approx(1.0, rel=1e-12)  # the lost day included
     assert ratio[lost] == pytest.approx(3.0, rel=1e-12)
+
+
+def bars_materializations(result: dg.ExecuteInProcessResult) -> list[dg.AssetMaterialization]:
+    """The `daily_bars` materializations of the market step (which also makes `adj_factor`'s)."""
+    return [
+        m
+        for m in result.asset_materializations_for_node("market_data")
+        if m.asset_key == dg.AssetKey("daily_bars")
+    ]

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from stocksync_dagster.core import reconcile
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
-from stocksync_dagster.defs.market.assets import adj_factor, daily_bars
+from stocksync_dagster.defs.market.assets import market_data
 from stocksync_dagster.defs.market.reconcile import CHECK_NAME, second_source_checks
 from stocksync_dagster.defs.reference.assets import stock_basic, trade_calendar
 from stocksync_dagster.resources import (
@@ -92,7 +92,7 @@ def run_with_checks(
     resources = {"source": source, "warehouse": WarehouseResource(url=url)}
     assert dg.materialize([trade_calendar, stock_basic], resources=resources).success
     return dg.materialize(
-        [daily_bars, adj_factor, second_source_checks],
+        [market_data, second_source_checks],
         resources=resources,
         tags={
             "dagster/asset_partition_range_start": start.isoformat(),
@@ -225,7 +225,7 @@ def test_the_sample_always_holds_limit_moves_and_ex_right_days_and_is_reproducib
     resources = {"source": source, "warehouse": WarehouseResource(url=sqlite_url)}
     assert dg.materialize([trade_calendar, stock_basic], resources=resources).success
     assert dg.materialize(
-        [daily_bars, adj_factor],
+        [market_data],
         resources=resources,
         tags={
             "dagster/asset_partition_range_start": DEMO_START.isoformat(),

@@ -111,7 +111,7 @@ class FallbackSource(MarketSource):
         result = with_source(fetch(self.primary, start, end, codes), self.primary.label)
         failed_days = sorted(
             {day for f in result.failures if f.code is None for day in _days(f, start, end)}
-            | (set(self._empty_days(result, start, end)) if codes is None else set())
+            | set(self._empty_days(result, start, end))
         )
         stocks = sorted(
             result.failed_codes
@@ -188,7 +188,9 @@ class FallbackSource(MarketSource):
         return self.primary.label, self.fallback.label
 
     def _empty_days(self, result: FetchResult, start: dt.date, end: dt.date) -> list[dt.date]:
-        """Open days without a single row (or suspension): a whole day lost without an error."""
+        """Open days without a single row (or suspension): a whole day lost without an error.
+        Also for a fetch of some codes (a range sync fetches baostock in stock batches): a
+        day the fallback also has nothing for is then not a failure (see `_left_over`)."""
         seen = set(result.frame["trade_date"]) if len(result.frame) else set()
         if result.suspensions is not None and len(result.suspensions):
             seen |= set(result.suspensions["trade_date"])
