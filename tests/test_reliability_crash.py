@@ -110,7 +110,7 @@ def launch(home: Path, url: str, ready: Path, run_id: str) -> subprocess.Popen:
         "-j",
         "market_sync",
         "-o",
-        "daily_bars",
+        "market_data",  # the step of daily_bars (and adj_factor, never reached: bars come first)
         "--tags",
         json.dumps(tags),
         "--run-id",

@@ -164,7 +164,7 @@ def test_a_stock_that_keeps_failing_is_recorded_then_repaired(
     result = materialize(
         baostock_resource(baostock_server),
         sqlite_url,
-        run_config=dg.RunConfig(ops={"market_data": tolerant, "adj_factor": tolerant}),
+        run_config=dg.RunConfig(ops={"market_data": tolerant}),
     )
     assert result.success  # 1 of ~48 stocks (2%) is below a max_failed_share of 5%
     metadata = materializations(result, "daily_bars")[0].metadata

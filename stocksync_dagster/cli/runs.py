@@ -130,14 +130,14 @@ def run_job(
     tags = dict(tags or {})
     run_config = dict(run_config or {})
     ops = _op_selection(defs, assets) if assets else None
-    if daemon_is_running(instance) and ops != []:
+    daemon = daemon_is_running(instance)
+    if daemon and ops != []:
         run_id = _submit(job_name, tags, run_config, ops, echo)
     else:
-        if ops == []:
-            # `dagster job launch` selects steps, and one step computes both market assets
-            echo(f"{job_name}: only {', '.join(assets or ())}: running in this process")
-        else:
+        if not daemon:
             echo(f"{job_name}: no Dagster daemon is running: running in this process")
+        else:  # `dagster job launch` selects steps, and one step computes both market assets
+            echo(f"{job_name}: only {', '.join(assets or ())}: running in this process")
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
             tags=tags,
