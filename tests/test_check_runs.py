@@ -199,7 +199,7 @@ def test_failed_asset_step_never_records_a_failed_check(
     assert result.get_asset_check_evaluations() == []
     assert not MARKET_CHECK_STEPS & set(steps_started(result))
     statuses = _latest_statuses(instance, defs)
-    assert len(statuses) == 13
+    assert len(statuses) == 15
     assert AssetCheckExecutionResolvedStatus.FAILED not in statuses.values()
 
 
@@ -214,7 +214,7 @@ def test_failed_asset_step_leaves_checks_not_executed(
     defs = build_defs(sqlite_url, DownSourceResource())
     run_job(defs, "market_sync", recent_trading_days(2), instance=instance)
     statuses = _latest_statuses(instance, defs)
-    assert len(statuses) == 13
+    assert len(statuses) == 15
     assert AssetCheckExecutionResolvedStatus.EXECUTION_FAILED not in statuses.values()
 
 

@@ -356,7 +356,7 @@ def test_checks_run_with_the_assets_and_heal_after_a_rerun(warehouse_url: str) -
     ]
     evaluations = [e for r in runs for e in r.get_asset_check_evaluations()]
     assert {e.check_name for e in evaluations if not e.passed} == set()
-    assert len(evaluations) == len(defs.resolve_asset_graph().asset_check_keys) == 15
+    assert len(evaluations) == len(defs.resolve_asset_graph().asset_check_keys) == 17
 
     hole = days[2]
     run(Warehouse(warehouse_url), sa.delete(schema.daily_bar).where(bar.trade_date == hole))

@@ -6,6 +6,7 @@ still equal the market exactly, with `source` saying which rows came from Tushar
 """
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import subprocess
@@ -241,7 +242,7 @@ def test_the_cli_with_two_sources_and_faults_writes_the_exact_market(
     tushare_server: FakeTushareServer,
     lost_codes: list[str],
 ) -> None:
-    """What a user runs: `dagster asset materialize` with STOCKSYNC_SOURCE=baostock,tushare."""
+    """What a user runs: `dagster job execute` of a range with STOCKSYNC_SOURCE=baostock,tushare."""
     baostock_server.fail_codes(lost_codes)
     baostock_server.omit_day(LOST_DAY)
     database = tmp_path / "cli.db"
@@ -257,14 +258,14 @@ def test_the_cli_with_two_sources_and_faults_writes_the_exact_market(
     )
     command = [
         str(Path(sys.executable).with_name("dagster")),
-        "asset",
-        "materialize",
+        "job",
+        "execute",
         "-m",
         "stocksync_dagster.definitions",
-        "--select",
-        "daily_bars,adj_factor",
-        "--partition-range",
-        f"{START}...{END}",
+        "-j",
+        "market_sync",
+        "--tags",
+        json.dumps(range_tags()),
     ]
     done = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=150

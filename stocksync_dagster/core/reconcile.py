@@ -243,7 +243,7 @@ def disagreement_frame(found: Sequence[Disagreement]) -> pd.DataFrame:
 def _stored_bars(
     connection: sa.Connection, day: dt.date, codes: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    bar, basic = schema.daily_bar, schema.stock_basic
+    bar, basic, status = schema.daily_bar, schema.stock_basic, schema.daily_status
     query = (
         sa.select(
             bar.c.code,
@@ -251,10 +251,15 @@ def _stored_bars(
             bar.c.pre_close,
             bar.c.source,
             basic.c.board,
-            basic.c.is_st,
+            # ST as it was that day (point-in-time); today's flag where the day has no status
+            sa.func.coalesce(status.c.is_st, basic.c.is_st).label("is_st"),
             basic.c.list_date,
         )
-        .select_from(bar.outerjoin(basic, basic.c.code == bar.c.code))
+        .select_from(
+            bar.outerjoin(basic, basic.c.code == bar.c.code).outerjoin(
+                status, sa.and_(status.c.code == bar.c.code, status.c.trade_date == day)
+            )
+        )
         .where(bar.c.trade_date == day)
         .order_by(bar.c.code)
     )

@@ -410,11 +410,11 @@ class DemoMarket:
             previous = np.vstack([factor[:1], factor[:-1]])
         traded = self._panel["traded"][rows]
         pct = self._panel["pct_chg"][rows]
-        limits = np.array(
-            [
-                limit_pct(b, bool(st), self.origin) or 10.0
-                for b, st in zip(self.stocks["board"], self.st_capped, strict=True)
-            ]
+        # a limit move is judged by the rule of that day: ST's limit only while the stock is ST
+        # (a stock going in and out of ST moves within ST's limit, but only hits it while ST)
+        st_limits, plain_limits = (
+            np.array([limit_pct(b, st, self.origin) or 10.0 for b in self.stocks["board"]])
+            for st in (True, False)
         )
         list_ord = np.array([d.toordinal() for d in self.stocks["list_date"]])
         delist_ord = np.array(
@@ -423,6 +423,7 @@ class DemoMarket:
         for i, day in enumerate(days):
             for j in np.nonzero(traded[i] & (factor[i] != previous[i]))[0]:
                 found.append(MarketEvent(codes[j], day, "ex_dividend"))
+            limits = np.where(self.is_st_on(day), st_limits, plain_limits)
             at_limit = (
                 traded[i] & (np.abs(np.abs(pct[i]) - limits) < 0.3) & (list_ord < day.toordinal())
             )

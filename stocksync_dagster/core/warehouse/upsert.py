@@ -169,6 +169,7 @@ def _pg_upsert(
     inserted, updated, revised = connection.execute(
         _pg_merge_statement(table, stage, columns, keys, bounds, revision)
     ).one()
+    stage.drop(connection)  # not left for commit: a transaction may write the table again
     return UpsertStats(inserted, updated, len(rows) - inserted - updated, revised)
 
 
