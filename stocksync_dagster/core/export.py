@@ -49,6 +49,7 @@ UNITS = {
     "amount": "CNY",
     "pct_chg": "percent (1.5 = +1.5%)",
     "adj_factor": "cumulative factor (hfq price = raw x adj_factor)",
+    "source": "the source that served the row (baostock, tushare, demo; empty before 0003)",
 }
 PARQUET_EXTRA = "pip install 'stocksync-dagster[export]'"
 
@@ -319,6 +320,7 @@ def parquet_schema(request: ExportRequest) -> pa.Schema:
         "code": pa.string(),
         "trade_date": pa.date32(),
         "volume": pa.int64(),
+        "source": pa.string(),
     }
     fields = [
         pa.field(
