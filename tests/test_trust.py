@@ -613,7 +613,13 @@ def test_a_warehouse_at_0001_upgrades_to_the_suspension_table(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = sa.create_engine(url)
     with old.begin() as connection:
-        later = ("suspension", "source_disagreement")  # added by 0002 and 0003
+        later = (  # added by 0002, 0003 and 0004
+            "suspension",
+            "source_disagreement",
+            "daily_status",
+            "daily_bar_revision",
+            "adj_factor_revision",
+        )
         tables = [t for t in schema.metadata.sorted_tables if t.name not in later]
         schema.metadata.create_all(connection, tables=tables)
         for table in ("daily_bar", "adj_factor"):  # `source` is added by 0003

@@ -42,8 +42,8 @@ def main() -> None:
     done = []
     upsert = sync.upsert_frame
 
-    def upsert_then_wait(connection, table, frame):  # type: ignore[no-untyped-def]
-        stats = upsert(connection, table, frame)
+    def upsert_then_wait(connection, table, frame, **options):  # type: ignore[no-untyped-def]
+        stats = upsert(connection, table, frame, **options)
         if len(done) == int(committed) and table.name == "adj_factor":
             partial = Path(f"{ready}.tmp")
             partial.write_text(str(os.getpid()))
