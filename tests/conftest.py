@@ -26,6 +26,9 @@ os.environ.pop("STOCKSYNC_ALERT_WEBHOOKS", None)
 from stocksync_dagster.core.settings import current_settings
 from stocksync_dagster.core.warehouse import Warehouse
 
+# module-scoped loopback baostock and Tushare servers (tests/loopback_market.py)
+pytest_plugins = ["tests.loopback_market"]
+
 PG_ADMIN_URL = os.environ.get(
     "STOCKSYNC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -33,42 +32,13 @@ from stocksync_dagster.resources import (
 )
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
+from tests.loopback_market import AS_OF, ORIGIN
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.usefixtures("no_faults")]
 
-ORIGIN = dt.date(2025, 1, 2)
 START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 21)
 LOST_DAY = dt.date(2025, 3, 12)
-AS_OF = dt.date(2025, 4, 30)
 TOKEN = "tok-fallback-77c1e0a9d2"
-
-
-@pytest.fixture(scope="module")
-def market() -> DemoMarket:
-    return DemoMarket(60, seed=11, origin=ORIGIN)
-
-
-@pytest.fixture(scope="module")
-def baostock_server(market: DemoMarket) -> Iterator[FakeBaostockServer]:
-    with FakeBaostockServer(market, as_of=AS_OF, hang_seconds=10) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tushare_server(market: DemoMarket) -> Iterator[FakeTushareServer]:
-    with FakeTushareServer(market, valid_tokens=[TOKEN], as_of=AS_OF, hang_seconds=10) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(
-    baostock_server: FakeBaostockServer, tushare_server: FakeTushareServer
-) -> Iterator[None]:
-    baostock_server.clear_faults()
-    tushare_server.clear_faults()
-    yield
-    baostock_server.clear_faults()
-    tushare_server.clear_faults()
 
 
 @pytest.fixture

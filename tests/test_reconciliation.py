@@ -6,7 +6,6 @@ factors differently), so only factor jumps are comparable.
 """
 
 import datetime as dt
-from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
@@ -30,45 +29,17 @@ from tests.conftest import DEMO_END, DEMO_START
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.usefixtures("no_faults")]
 
-ORIGIN = dt.date(2025, 1, 2)
 START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 7)
-AS_OF = dt.date(2025, 4, 30)
 TOKEN = "tok-reconcile-5e0b11c3f8"
 WRONG_CLOSE_DAY = dt.date(2025, 3, 5)
 FACTOR_JUMP_DAY = dt.date(2025, 3, 6)
 EVERY_PAIR = {"sample_size": 10_000}
 
 
-@pytest.fixture(scope="module")
-def market() -> DemoMarket:
-    return DemoMarket(40, seed=11, origin=ORIGIN)
-
-
-@pytest.fixture(scope="module")
-def baostock_server(market: DemoMarket) -> Iterator[FakeBaostockServer]:
-    with FakeBaostockServer(market, as_of=AS_OF, hang_seconds=10) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tushare_server(market: DemoMarket) -> Iterator[FakeTushareServer]:
-    with FakeTushareServer(
-        market, valid_tokens=[TOKEN], as_of=AS_OF, hang_seconds=10, factor_scale=3.0
-    ) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(
-    baostock_server: FakeBaostockServer, tushare_server: FakeTushareServer
-) -> Iterator[None]:
-    baostock_server.clear_faults()
-    tushare_server.clear_faults()
-    yield
-    baostock_server.clear_faults()
-    tushare_server.clear_faults()
+MARKET_STOCKS = 40
+TUSHARE_OPTIONS = {"factor_scale": 3.0}  # Tushare scales factors unlike baostock
 
 
 def two_sources(baostock: FakeBaostockServer, tushare: FakeTushareServer) -> FallbackSourceResource:

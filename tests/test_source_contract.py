@@ -9,7 +9,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -27,13 +26,12 @@ from stocksync_dagster.resources import (
 )
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
+from tests.loopback_market import ORIGIN
 from tests.support import materializations
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("no_faults")]
 
-ORIGIN = dt.date(2025, 1, 2)
 START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 21)
-AS_OF = dt.date(2025, 4, 30)
 TOKEN = "tok-contract-4b1d2e9f0a77"
 
 
@@ -42,34 +40,6 @@ def range_tags(start: dt.date = START, end: dt.date = END) -> dict[str, str]:
         "dagster/asset_partition_range_start": start.isoformat(),
         "dagster/asset_partition_range_end": end.isoformat(),
     }
-
-
-@pytest.fixture(scope="module")
-def market() -> DemoMarket:
-    return DemoMarket(60, seed=11, origin=ORIGIN)
-
-
-@pytest.fixture(scope="module")
-def baostock_server(market: DemoMarket) -> Iterator[FakeBaostockServer]:
-    with FakeBaostockServer(market, as_of=AS_OF, hang_seconds=10) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tushare_server(market: DemoMarket) -> Iterator[FakeTushareServer]:
-    with FakeTushareServer(market, valid_tokens=[TOKEN], as_of=AS_OF, hang_seconds=10) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(
-    baostock_server: FakeBaostockServer, tushare_server: FakeTushareServer
-) -> Iterator[None]:
-    baostock_server.clear_faults()
-    tushare_server.clear_faults()
-    yield
-    baostock_server.clear_faults()
-    tushare_server.clear_faults()
 
 
 def baostock_resource(server: FakeBaostockServer) -> BaostockSourceResource:
