@@ -645,7 +645,7 @@ class _ChunkWriter:
             synced_days = [d for d in report.open_days if d not in failed_days]
             batched = [code for chunk in self.plan for code in chunk.codes or ()]
             suspensions.delete_other_codes(connection, synced_days, batched)
-            daily_status.delete_other_codes(connection, synced_days, batched)
+            suspensions.delete_other_codes(connection, synced_days, batched, schema.daily_status)
 
     def completed_days(self, chunk: Chunk) -> tuple[dt.date, ...]:
         if self.axis == "days":

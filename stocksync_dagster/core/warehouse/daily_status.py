@@ -67,19 +67,6 @@ def replace_statuses(
     return written
 
 
-def delete_other_codes(
-    connection: sa.Connection, days: Sequence[dt.date], codes: Sequence[str]
-) -> int:
-    """Delete the statuses on `days` of stocks not in `codes` (the last stock batch of a range
-    sync calls it, so the days end up as one whole-market replacement would leave them)."""
-    if not days:
-        return 0
-    delete = sa.delete(daily_status).where(daily_status.c.trade_date.in_(list(days)))
-    if codes:
-        delete = delete.where(daily_status.c.code.not_in(list(codes)))
-    return int(connection.execute(delete).rowcount or 0)
-
-
 def statuses(
     connection: sa.Connection, start: dt.date, end: dt.date, codes: Sequence[str] | None = None
 ) -> pd.DataFrame:

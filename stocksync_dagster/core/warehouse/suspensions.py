@@ -42,18 +42,22 @@ def replace_suspensions(
 
 
 def delete_other_codes(
-    connection: sa.Connection, days: Sequence[dt.date], codes: Sequence[str]
+    connection: sa.Connection,
+    days: Sequence[dt.date],
+    codes: Sequence[str],
+    table: sa.Table = suspension,
 ) -> int:
-    """Delete the suspensions on `days` of stocks not in `codes`; returns rows deleted.
+    """Delete the rows of `table` (a per-(code, trade_date) table: `suspension`,
+    `daily_status`) on `days` of stocks not in `codes`; returns rows deleted.
 
-    A range sync that replaced `suspension` stock batch by stock batch calls it last, so the
+    A range sync that replaced the table stock batch by stock batch calls it last, so the
     days end up exactly as one whole-market replacement would leave them.
     """
     if not days:
         return 0
-    delete = sa.delete(suspension).where(suspension.c.trade_date.in_(list(days)))
+    delete = sa.delete(table).where(table.c.trade_date.in_(list(days)))
     if codes:
-        delete = delete.where(suspension.c.code.not_in(list(codes)))
+        delete = delete.where(table.c.code.not_in(list(codes)))
     return int(connection.execute(delete).rowcount or 0)
 
 
