@@ -1,12 +1,15 @@
 """Small helpers shared by several test modules."""
 
 import contextlib
+import datetime as dt
+import json
 from collections.abc import Iterator
 
 import dagster as dg
 import sqlalchemy as sa
 
 from stocksync_dagster.core.warehouse import Warehouse
+from stocksync_dagster.defs.market.jobs import range_tags
 
 
 @contextlib.contextmanager
@@ -29,3 +32,10 @@ def materializations(
         for event in result.get_asset_materialization_events()
         if event.asset_key == dg.AssetKey(asset)
     ]
+
+
+def market_sync_command(dagster: str, start: dt.date | str, end: dt.date | str) -> list[str]:
+    """`dagster job execute` of `market_sync` over the partition range [start, end]."""
+    tags = range_tags(str(start), str(end))
+    return [dagster, "job", "execute", "-m", "stocksync_dagster.definitions", "-j", "market_sync",
+            "--tags", json.dumps(tags)]  # fmt: skip

@@ -24,7 +24,7 @@ from stocksync_dagster.cli.runs import daemon_is_running, launch_command, launch
 from stocksync_dagster.cli.status import check_status, partition_status, shanghai_time
 from stocksync_dagster.core.errors import ConfigError
 from stocksync_dagster.core.settings import Settings
-from stocksync_dagster.defs.market.jobs import range_tags
+from tests.support import market_sync_command
 
 ROOT = Path(__file__).resolve().parents[1]
 STOCKSYNC = [sys.executable, "-m", "stocksync_dagster.cli.main"]
@@ -120,17 +120,7 @@ def test_dagster_validates_the_workspace() -> None:
 def test_dagster_cli_runs_a_partition_range_of_the_market_job(tmp_path: Path) -> None:
     database = tmp_path / "warehouse.db"
     result = run(
-        [
-            *DAGSTER,
-            "job",
-            "execute",
-            "-m",
-            "stocksync_dagster.definitions",
-            "-j",
-            "market_sync",
-            "--tags",
-            json.dumps(range_tags("2025-08-04", "2025-08-08")),
-        ],
+        market_sync_command(DAGSTER[0], "2025-08-04", "2025-08-08"),
         cwd=tmp_path,
         DAGSTER_HOME=str(tmp_path),
         STOCKSYNC_SOURCE="demo",

@@ -6,7 +6,6 @@ still equal the market exactly, with `source` saying which rows came from Tushar
 """
 
 import datetime as dt
-import json
 import os
 import sqlite3
 import subprocess
@@ -23,6 +22,7 @@ from stocksync_dagster.core.settings import Settings
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.defs.market.assets import market_data
+from stocksync_dagster.defs.market.jobs import range_tags as market_range_tags
 from stocksync_dagster.defs.resources import source_resource
 from stocksync_dagster.resources import (
     BaostockSourceResource,
@@ -33,6 +33,7 @@ from stocksync_dagster.resources import (
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
 from tests.loopback_market import AS_OF, ORIGIN
+from tests.support import market_sync_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.usefixtures("no_faults")]
 
@@ -70,10 +71,7 @@ def fallback_resource(
 
 
 def range_tags(start: dt.date = START, end: dt.date = END) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": start.isoformat(),
-        "dagster/asset_partition_range_end": end.isoformat(),
-    }
+    return market_range_tags(start.isoformat(), end.isoformat())
 
 
 def materialize(resource: dg.ConfigurableResource, url: str, **kwargs) -> dg.ExecuteInProcessResult:
@@ -226,17 +224,7 @@ def test_the_cli_with_two_sources_and_faults_writes_the_exact_market(
         TUSHARE_TOKEN=TOKEN,
         TUSHARE_API_URL=tushare_server.url,
     )
-    command = [
-        str(Path(sys.executable).with_name("dagster")),
-        "job",
-        "execute",
-        "-m",
-        "stocksync_dagster.definitions",
-        "-j",
-        "market_sync",
-        "--tags",
-        json.dumps(range_tags()),
-    ]
+    command = market_sync_command(str(Path(sys.executable).with_name("dagster")), START, END)
     done = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=150
     )

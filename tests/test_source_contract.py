@@ -4,7 +4,6 @@ cannot be fetched lands in `sync_failure` and heals on a later fetch.
 """
 
 import datetime as dt
-import json
 import os
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ import sqlalchemy as sa
 from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.warehouse import Warehouse
 from stocksync_dagster.defs.market.assets import market_data
+from stocksync_dagster.defs.market.jobs import range_tags as market_range_tags
 from stocksync_dagster.resources import (
     BaostockSourceResource,
     TushareSourceResource,
@@ -27,7 +27,7 @@ from stocksync_dagster.resources import (
 from tests.fakes.baostock_server import FakeBaostockServer
 from tests.fakes.tushare_server import FakeTushareServer
 from tests.loopback_market import ORIGIN
-from tests.support import materializations
+from tests.support import market_sync_command, materializations
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("no_faults")]
 
@@ -36,10 +36,7 @@ TOKEN = "tok-contract-4b1d2e9f0a77"
 
 
 def range_tags(start: dt.date = START, end: dt.date = END) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": start.isoformat(),
-        "dagster/asset_partition_range_end": end.isoformat(),
-    }
+    return market_range_tags(start.isoformat(), end.isoformat())
 
 
 def baostock_resource(server: FakeBaostockServer) -> BaostockSourceResource:
@@ -193,17 +190,7 @@ def _cli_materialize(tmp_path: Path, env: dict[str, str]) -> sqlite3.Connection:
         STOCKSYNC_START_DATE=ORIGIN.isoformat(),
         **env,
     )
-    command = [
-        str(Path(sys.executable).with_name("dagster")),
-        "job",
-        "execute",
-        "-m",
-        "stocksync_dagster.definitions",
-        "-j",
-        "market_sync",
-        "--tags",
-        json.dumps(range_tags()),
-    ]
+    command = market_sync_command(str(Path(sys.executable).with_name("dagster")), START, END)
     done = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=110
     )
