@@ -234,3 +234,24 @@ def test_revisions_in_metadata_and_the_check_of_a_dagster_run(
     assert not checks["daily_bars"].passed
     assert checks["daily_bars"].severity == dg.AssetCheckSeverity.WARN
     assert checks["daily_bars"].metadata["day_list"].value == old_day.isoformat()
+
+
+def test_revisions_are_kept_only_for_the_upsert_that_changes_values(warehouse: Warehouse) -> None:
+    """On SQLite the old values are kept by a trigger that lives for one write: identical rows
+    and a change of `source` alone keep nothing, and later writes by other means keep nothing."""
+    from stocksync_dagster.core.warehouse.upsert import upsert_frame
+
+    bars = DemoSource(n_stocks=10, as_of=END).market.bars(START, END).assign(source="demo")
+    with warehouse.begin() as connection:
+        upsert_frame(connection, schema.daily_bar, bars)
+    rerun = bars.assign(source="other")  # bookkeeping only: not a revision
+    rerun.loc[rerun.index[:3], "close"] += 0.01
+    with warehouse.begin() as connection:
+        stats = upsert_frame(connection, schema.daily_bar, rerun, run_id="r1")
+    assert (stats.updated, stats.revised) == (len(bars), 3)
+    kept = _revisions(warehouse, schema.daily_bar_revision)
+    assert len(kept) == 3 and set(kept["run_id"]) == {"r1"}
+    assert (kept["new_close"] - kept["old_close"]).round(4).eq(0.01).all()
+    with warehouse.begin() as connection:  # not through upsert_frame: no revision kept
+        connection.execute(schema.daily_bar.update().values(close=schema.daily_bar.c.close + 1))
+    assert len(_revisions(warehouse, schema.daily_bar_revision)) == 3

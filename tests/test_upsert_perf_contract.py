@@ -134,3 +134,31 @@ def test_rows_with_nulls_and_text_rerun_as_unchanged(warehouse: Warehouse) -> No
     stored = read_table(warehouse, schema.stock_basic).set_index("code")
     assert stored.loc[renamed.iloc[2]["code"], "name"] == "改名股份"
     assert stored["delist_date"].isna().sum() == renamed["delist_date"].isna().sum()
+
+
+def test_stock_batches_of_one_range_are_written_whole_and_exactly(warehouse: Warehouse) -> None:
+    """A history load in stock batches: each batch's key range (its codes x its days) holds no
+    stored row, so it is loaded straight; batches whose code ranges interleave, overlap or
+    repeat stored rows still end as one write of everything would."""
+    frame = bars()
+    codes = sorted(frame["code"].unique())
+    first, second = codes[: len(codes) // 2], codes[len(codes) // 2 :]
+    assert write(warehouse, schema.daily_bar, frame[frame["code"].isin(first)]) == UpsertStats(
+        int(frame["code"].isin(first).sum()), 0, 0
+    )
+    assert write(warehouse, schema.daily_bar, frame[frame["code"].isin(second)]) == UpsertStats(
+        int(frame["code"].isin(second).sum()), 0, 0
+    )
+    # a batch whose code range spans stored stocks but whose own keys are new
+    later = frame.assign(trade_date=frame["trade_date"] + dt.timedelta(days=400))
+    odd = later[later["code"].isin(codes[::2])]
+    assert write(warehouse, schema.daily_bar, odd) == UpsertStats(len(odd), 0, 0)
+    even = later[later["code"].isin(codes[1::2])].copy()
+    stored_row = frame.iloc[[3]].copy()
+    stored_row["volume"] += 1  # one stored key, changed, inside an otherwise new batch
+    stats = write(warehouse, schema.daily_bar, pd.concat([even, stored_row]))
+    assert stats == UpsertStats(len(even), 1, 0)
+    everything = pd.concat([frame.drop(index=stored_row.index), stored_row, later])
+    pd.testing.assert_frame_equal(
+        read_table(warehouse, schema.daily_bar), expected(everything), check_dtype=False
+    )
