@@ -89,6 +89,42 @@ def test_range_run_fetches_once_and_each_partition_reports_its_own_day(
         assert "days" not in metadata and "rows" not in metadata  # no unlabelled run totals
 
 
+def test_a_long_range_run_puts_the_preview_and_run_figures_on_its_last_partition(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Longer than MAX_DETAILED_PARTITIONS (3 here instead of 31, on a 5-day week): every
+    partition keeps its own day's figures; the preview and the run_* figures are on the last."""
+    from stocksync_dagster.defs import metadata as ui_metadata
+
+    monkeypatch.setattr(ui_metadata, "MAX_DETAILED_PARTITIONS", 3)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [market_data],
+            resources=resources(sqlite_url),
+            tags=range_tags(WEEK[0], WEEK[-1]),
+            instance=instance,
+        )
+        assert result.success
+        for asset, table in (("daily_bars", "daily_bar"), ("adj_factor", "adj_factor")):
+            stored = stored_per_day(sqlite_url, table)
+            by_day = {key: latest(instance, asset, key) for key in WEEK}
+            for key, metadata in by_day.items():
+                assert metadata[ROW_COUNT] == stored[key] == metadata["rows_fetched"]
+                assert metadata["trade_date"] == key and metadata["market_open"] is True
+                assert metadata["failed_stocks"] == 0 and metadata["rejected_rows"] == 0
+            *earlier, last = WEEK
+            scope = f"run {WEEK[0]}..{last} (5 partitions)"
+            assert by_day[last]["run_scope"] == scope
+            assert by_day[last]["run_rows_fetched"] == sum(stored[k] for k in WEEK)
+            assert by_day[last]["run_failed_stocks"] == 0
+            assert isinstance(by_day[last]["preview"], dg.TableMetadataValue)
+            for key in earlier:
+                assert by_day[key]["run_scope"].startswith(scope)
+                assert f"on partition {last}" in by_day[key]["run_scope"]
+                assert "preview" not in by_day[key]
+                assert not [k for k in by_day[key] if k.startswith("run_") and k != "run_scope"]
+
+
 class ClosedWednesday(DemoSource):
     """The demo market, except that the source calls one weekday closed (no rows that day)."""
 

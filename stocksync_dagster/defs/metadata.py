@@ -4,13 +4,20 @@ A range run materializes every partition of the range in one step. Each partitio
 carries its own day's figures (`dagster/row_count`, `market_open`, failures); figures of the
 whole run are prefixed `run_` and described by `run_scope`, so no partition shows the range's
 totals as its own.
+
+Dagster builds, checks, serializes and stores every metadata entry of every partition's event,
+so in a long range run (a backfill, more than MAX_DETAILED_PARTITIONS partitions) the heavy,
+repeated parts are on the run's last partition only: the 10-row `preview` table and the run's
+figures (`run_*`). The other partitions keep all of their own day's figures and a `run_scope`
+naming the partition that carries the run's. Runs of up to MAX_DETAILED_PARTITIONS partitions
+(the nightly run, its look-back, repairs) carry both on every partition.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import dagster as dg
@@ -23,7 +30,10 @@ from stocksync_dagster.core.warehouse import UpsertStats
 
 PREVIEW_ROWS = 10
 MAX_LISTED = 50
-MAX_DAYS_TABLED = 31  # every partition repeats the run's figures: keep a year's run light
+MAX_DAYS_TABLED = 31  # the run's per-day table: keep a year's run light
+MAX_DETAILED_PARTITIONS = 31
+"""Runs of up to this many partitions carry a preview and the run's figures on every partition;
+longer runs on their last partition only (see the module docstring)."""
 ROW_COUNT = "dagster/row_count"
 
 
@@ -124,9 +134,13 @@ def _rejected_reasons(rejected: Sequence[RejectedRow]) -> dg.MetadataValue:
 
 
 def day_metadata(
-    figures: DayFigures, report: SyncReport, day_rows: pd.DataFrame, schema: dg.TableSchema
+    figures: DayFigures,
+    report: SyncReport,
+    day_rows: pd.DataFrame | None,
+    schema: dg.TableSchema,
 ) -> dict[str, object]:
-    """One partition's own figures; `day_rows` are (the first) fetched rows of that day."""
+    """One partition's own figures; `day_rows` are (the first) fetched rows of that day, shown as
+    its `preview` (None: no preview)."""
     metadata: dict[str, object] = {
         ROW_COUNT: figures.rows_stored,
         "trade_date": figures.day.isoformat(),
@@ -151,27 +165,54 @@ def day_metadata(
         metadata["failed_codes"] = _listed(list(figures.failed_codes))
     if figures.rejected:
         metadata["rejected_reasons"] = _rejected_reasons(figures.rejected)
-    if len(day_rows):
+    if day_rows is not None and len(day_rows):
         metadata["preview"] = frame_table(day_rows.head(PREVIEW_ROWS), schema)
     return metadata
 
 
 def partition_metadata(
-    report: SyncReport, days: Sequence[dt.date], table: sa.Table
+    report: SyncReport,
+    days: Sequence[dt.date],
+    table: sa.Table,
+    preview_days: Collection[dt.date] | None = None,
 ) -> dict[str, dict[str, object]]:
-    """Per partition key (ISO day): that day's own metadata."""
+    """Per partition key (ISO day): that day's own metadata, with a preview on `preview_days`
+    (None: every day)."""
     schema = table_schema(table)
-    empty = pd.DataFrame(columns=[c.name for c in table.columns])
     return {
         figures.day.isoformat(): day_metadata(
-            figures, report, _or_empty(report.preview_rows(figures.day), empty), schema
+            figures,
+            report,
+            report.preview_rows(figures.day)
+            if preview_days is None or figures.day in preview_days
+            else None,
+            schema,
         )
         for figures in report.breakdown(days)
     }
 
 
-def _or_empty(frame: pd.DataFrame | None, empty: pd.DataFrame) -> pd.DataFrame:
-    return empty if frame is None else frame
+def range_metadata(
+    report: SyncReport, days: Sequence[dt.date], table: sa.Table
+) -> dict[str, dict[str, object]]:
+    """Per partition key (ISO day): the whole metadata of its materialization in this run.
+
+    Every partition: its own day's figures. Up to MAX_DETAILED_PARTITIONS partitions: each also
+    gets its preview and the run's figures. A longer run: only the last partition (the run's
+    latest day, what the asset's page shows) gets them; the others get a `run_scope` naming it.
+    """
+    run = run_metadata(report, days)
+    if len(days) <= MAX_DETAILED_PARTITIONS:
+        return {key: {**own, **run} for key, own in partition_metadata(report, days, table).items()}
+    last = days[-1]
+    pointer = {
+        "run_scope": f"{run['run_scope']}; the run's figures (run_*) and the preview are on "
+        f"partition {last}"
+    }
+    return {
+        key: {**own, **(run if key == last.isoformat() else pointer)}
+        for key, own in partition_metadata(report, days, table, preview_days={last}).items()
+    }
 
 
 def run_metadata(report: SyncReport, days: Sequence[dt.date]) -> dict[str, object]:

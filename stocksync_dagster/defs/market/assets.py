@@ -25,7 +25,7 @@ from stocksync_dagster.core.sync import (
 )
 from stocksync_dagster.defs.market.automation import GAP_FILL
 from stocksync_dagster.defs.market.partitions import keys_to_dates, trading_days
-from stocksync_dagster.defs.metadata import partition_metadata, run_metadata, table_metadata
+from stocksync_dagster.defs.metadata import range_metadata, table_metadata
 from stocksync_dagster.defs.policies import (
     MARKET_BACKFILL_POLICY,
     SOURCE_OP_TAGS,
@@ -79,7 +79,10 @@ def _selected(context: dg.AssetExecutionContext) -> list[MarketDataset]:
 def _record(
     context: dg.AssetExecutionContext, report: SyncReport, days: list[dt.date], table: sa.Table
 ) -> dg.MaterializeResult:
-    """One materialization per partition: its own day's figures first, then the run's (run_*)."""
+    """One materialization per partition: its own day's figures, then the run's (run_*).
+
+    A run of more than MAX_DETAILED_PARTITIONS partitions (a backfill) puts the preview table
+    and the run's figures on its last partition only (`range_metadata`)."""
     context.log.info(
         f"{report.asset}: {report.rows_fetched} rows for {len(report.open_days)} open days in "
         f"{report.fetch_seconds:.1f}s fetch + {report.write_seconds:.1f}s write "
@@ -89,9 +92,8 @@ def _record(
         f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
     )
     key = dg.AssetKey(report.asset)
-    run = run_metadata(report, days)
-    for partition, metadata in partition_metadata(report, days, table).items():
-        context.add_asset_metadata({**metadata, **run}, asset_key=key, partition_key=partition)
+    for partition, metadata in range_metadata(report, days, table).items():
+        context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
     return dg.MaterializeResult(asset_key=key)
 
 
