@@ -31,6 +31,7 @@ class Size:
     one_day: dt.date = dt.date(2025, 12, 31)  # the one-trading-day case
     memory_stocks: int = 1000
     memory_years: tuple[int, ...] = (1, 2, 4)
+    memory_long_years: int = 10  # the chunked sync alone over a whole history
     memory_latency_ms: float = 2.0  # low: the curve, not the network, is measured
     memory_chunk_rows: int | None = None  # None: the sync's default
 
@@ -60,6 +61,7 @@ TINY = Size(
     one_day=dt.date(2025, 1, 24),
     memory_stocks=10,
     memory_years=(1, 2),
+    memory_long_years=3,
     memory_latency_ms=0.0,
     memory_chunk_rows=600,
 )
