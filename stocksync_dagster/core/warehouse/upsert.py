@@ -52,7 +52,8 @@ _PG_BINARY_TYPES = {
 # Rows per conversion batch: bounds the memory of a large write to a few tens of MB.
 CHUNK_ROWS = 100_000
 _MERGE_WORK_MEM = "256MB"  # SET LOCAL: until the writing transaction ends
-_MERGE_JOIN_ONLY = ("enable_hashjoin", "enable_nestloop")  # for the merge statement only
+# for the merge statement only: a merge join, and no JIT compilation (it costs more than it saves)
+_MERGE_PLANNER_OFF = ("enable_hashjoin", "enable_nestloop", "jit")
 _PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()  # binary COPY dates count days from here
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
@@ -165,7 +166,7 @@ def _pg_upsert(
     revision: _RevisionLog | None = None,
 ) -> UpsertStats:
     _lock_table_writes(connection, table)
-    bounds = _key_bounds(table, rows.frame)
+    bounds = _key_bounds(table, rows)
     if not _any_key_exists(connection, table, bounds):
         _pg_copy(connection, table.name, table, columns, rows)
         return UpsertStats(len(rows), 0, 0)
@@ -178,12 +179,12 @@ def _pg_upsert(
     # are read in key order from its primary key (~1.5x faster than hashing every stored row of
     # a large range). Forced, because the planner has no statistics of the fresh staging table:
     # left to choose, it may pick a nested loop over a scan of the range, quadratic in rows.
-    for planner_switch in _MERGE_JOIN_ONLY:
+    for planner_switch in _MERGE_PLANNER_OFF:
         connection.exec_driver_sql(f"SET LOCAL {planner_switch} = off")
     inserted, updated, revised = connection.execute(
         _pg_merge_statement(table, stage, columns, keys, bounds, revision)
     ).one()
-    for planner_switch in _MERGE_JOIN_ONLY:
+    for planner_switch in _MERGE_PLANNER_OFF:
         connection.exec_driver_sql(f"RESET {planner_switch}")
     stage.drop(connection)  # not left for commit: a transaction may write the table again
     return UpsertStats(inserted, updated, len(rows) - inserted - updated, revised)
@@ -270,7 +271,7 @@ def _sqlite_upsert(
     rows: _Rows,
     revision: _RevisionLog | None = None,
 ) -> UpsertStats:
-    bounds = _key_bounds(table, rows.frame)
+    bounds = _key_bounds(table, rows)
     before = _rows_in(connection, table, bounds)
     changing = [c for c in columns if c not in keys]
     stmt = sqlite.insert(table).values({c: sa.bindparam(c) for c in columns})
@@ -387,18 +388,19 @@ Bounds = list[tuple[str, object, object]]
 """(key column, lowest, highest value in the frame) of the date key and the `code` key."""
 
 
-def _key_bounds(table: sa.Table, frame: pd.DataFrame) -> Bounds:
+def _key_bounds(table: sa.Table, rows: _Rows) -> Bounds:
     """The frame's range of days and of codes: every stored row a frame's key can match lies in
     both, so `_within` lets the planner read only that part of the table (a stock batch of a
     history load: its codes' rows, not every stock's)."""
     bounds: Bounds = []
     for column in table.primary_key.columns:
-        if isinstance(column.type, sa.Date):
-            days = frame[column.name]
-            bounds.append((column.name, _as_date(days.min()), _as_date(days.max())))
-        elif column.name == "code":
-            codes = frame[column.name]
-            bounds.append((column.name, str(codes.min()), str(codes.max())))
+        if isinstance(column.type, sa.Date) or column.name == "code":
+            distinct = rows.factors[column.name][1]  # sorted
+            low, high = distinct[0], distinct[-1]
+            if isinstance(column.type, sa.Date):
+                bounds.append((column.name, _as_date(low), _as_date(high)))
+            else:
+                bounds.append((column.name, str(low), str(high)))
     return bounds
 
 
