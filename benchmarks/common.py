@@ -241,4 +241,9 @@ def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
     """
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(function, args)
+        result = pool.apply(function, args)
+        # let the child exit by itself: the pool's exit terminates it (SIGTERM), which Dagster's
+        # signal handler in the child turns into a KeyboardInterrupt traceback
+        pool.close()
+        pool.join()
+        return result

@@ -41,6 +41,9 @@ TARGET_SECONDS = 180.0
 TARGET_RSS_MB = 1000.0
 TARGET_YEAR_SHARE = 0.85  # bars + factors, a year: ours / latency bound
 TARGET_DAY_SHARE = 0.90  # one trading day, the whole sync
+TARGET_YEAR_8_WORKERS_SECONDS = 74.0  # bars + factors, a year of 5,000 stocks, 8 workers
+FULL_STOCKS = 5000
+DEFAULT_WORKERS = BaostockSourceResource.model_fields["workers"].default
 SERIAL_CALLS = 3  # login, query_trade_dates, query_stock_basic: before the parallel fetch
 
 
@@ -211,6 +214,7 @@ def _core_row(case: str, got: dict[str, float], workers: int, latency_ms: float)
             "calls_per_stock": round(calls / max(got["stocks"], 1), 3),
             **{k: round(v, 2) for k, v in got.items() if k.endswith("seconds")},
             "chunks": int(got["chunks"]),
+            "workers": workers,
         },
     )
 
@@ -273,14 +277,30 @@ def run(size: Size, url: str) -> Outcome:
                 f"{row.extra['calls_per_stock']:.2f}",
                 row.extra["calls_per_stock"] <= 2.0,
             ),
-            Target(
-                "history",
-                f"{row.case}: >= {TARGET_YEAR_SHARE:.0%} of the latency bound",
-                f"{row.extra['share_of_bound']:.0%} ({row.seconds:.1f} s vs "
-                f"{row.extra['latency_bound_seconds']:.1f} s)",
-                row.extra["share_of_bound"] >= TARGET_YEAR_SHARE,
-            ),
         ]
+        workers = int(row.extra["workers"])
+        measured = (
+            f"{row.extra['share_of_bound']:.0%} ({row.seconds:.1f} s vs the bound "
+            f"{row.extra['latency_bound_seconds']:.1f} s)"
+        )
+        if workers == DEFAULT_WORKERS:  # the configured default: the share of the bound
+            out.targets.append(
+                Target(
+                    "history",
+                    f"{row.case}: >= {TARGET_YEAR_SHARE:.0%} of the latency bound",
+                    measured,
+                    row.extra["share_of_bound"] >= TARGET_YEAR_SHARE,
+                )
+            )
+        elif workers == 8 and size.stocks == FULL_STOCKS:  # the figure for 8 workers
+            out.targets.append(
+                Target(
+                    "history",
+                    f"{row.case}: <= {TARGET_YEAR_8_WORKERS_SECONDS:.0f} s",
+                    measured,
+                    row.seconds <= TARGET_YEAR_8_WORKERS_SECONDS,
+                )
+            )
     out.targets.append(
         Target(
             "history",
