@@ -271,13 +271,18 @@ def _sqlite_upsert(
     rows: _Rows,
     revision: _RevisionLog | None = None,
 ) -> UpsertStats:
-    bounds = _key_bounds(table, rows)
-    before = _rows_in(connection, table, bounds)
+    """No stored row in the key range: one plain INSERT. Otherwise the upsert runs first on its
+    own, which is all an identical rerun needs; if it wrote anything it is rolled back to a
+    savepoint and run again with the write log (TEMP triggers that count the updated rows and
+    keep their revisions). Triggers on the table slow every row of an upsert, even rows they
+    do not fire for, so only a write that changes something pays for them."""
+    stored = _any_key_exists(connection, table, _key_bounds(table, rows))
     changing = [c for c in columns if c not in keys]
     stmt = sqlite.insert(table).values({c: sa.bindparam(c) for c in columns})
-    if before == 0:
-        pass  # no stored row in the frame's date range: no key can conflict (a history load)
-    elif changing:
+    if not stored:  # no key can conflict (a history load)
+        written = _sqlite_execute(connection, table, stmt, rows)
+        return UpsertStats(written, 0, len(rows) - written)
+    if changing:
         stmt = stmt.on_conflict_do_update(
             index_elements=keys,
             set_={c: stmt.excluded[c] for c in changing},
@@ -285,15 +290,30 @@ def _sqlite_upsert(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    connection.exec_driver_sql(f"SAVEPOINT {_SQLITE_SAVEPOINT}")
+    if _sqlite_execute(connection, table, stmt, rows) == 0:  # every row identical
+        connection.exec_driver_sql(f"RELEASE {_SQLITE_SAVEPOINT}")
+        return UpsertStats(0, 0, len(rows))
+    connection.exec_driver_sql(f"ROLLBACK TO {_SQLITE_SAVEPOINT}")
+    _sqlite_write_log(connection, table, revision)
+    try:
+        written = _sqlite_execute(connection, table, stmt, rows)
+        updated, revised = _sqlite_write_counts(connection, table)
+    finally:
+        _drop_sqlite_write_log(connection, table)
+    connection.exec_driver_sql(f"RELEASE {_SQLITE_SAVEPOINT}")
+    return UpsertStats(written - updated, updated, len(rows) - written, revised)
+
+
+_SQLITE_SAVEPOINT = "stocksync_upsert"
+
+
+def _sqlite_execute(
+    connection: sa.Connection, table: sa.Table, stmt: sa.Insert, rows: _Rows
+) -> int:
+    """`stmt` for every row, in key order; the rows it inserted or updated (not the triggers')."""
     compiled = stmt.compile(dialect=connection.dialect)
     bound = list(compiled.positiontup or [])
-    keeps_revisions = bool(before and revision is not None and revision.columns)
-    raw = connection.connection.driver_connection
-    assert raw is not None, "a live DBAPI connection"
-    if keeps_revisions:
-        assert revision is not None
-        _sqlite_revision_trigger(connection, table, revision)
-    changes_before = raw.total_changes
     cursor = connection.connection.cursor()
     written = 0
     try:
@@ -303,43 +323,50 @@ def _sqlite_upsert(
             written += cursor.rowcount
     finally:
         cursor.close()
-        if keeps_revisions:
-            _drop_sqlite_revision_trigger(connection, table)
-    # total_changes also counts the rows the trigger inserted; rowcount only the upserted ones
-    revised = raw.total_changes - changes_before - written if keeps_revisions else 0
-    if before == 0 or written == 0:  # every written row is new / nothing was inserted
-        inserted = written
-    else:
-        inserted = _rows_in(connection, table, bounds) - before  # an upsert never deletes
-    return UpsertStats(inserted, written - inserted, len(rows) - written, revised)
+    return written
 
 
-def _sqlite_trigger_names(table: sa.Table) -> tuple[str, str]:
-    return f"stocksync_keep_{table.name}_revision", f"stocksync_{table.name}_revision_stamp"
+def _sqlite_log_names(table: sa.Table) -> tuple[str, str, str]:
+    """(counting trigger, revision trigger, stamp table) of one upsert into `table`."""
+    return (
+        f"stocksync_count_{table.name}_updates",
+        f"stocksync_keep_{table.name}_revision",
+        f"stocksync_{table.name}_write_log",
+    )
 
 
-def _sqlite_revision_trigger(
-    connection: sa.Connection, table: sa.Table, revision: _RevisionLog
+def _sqlite_write_log(
+    connection: sa.Connection, table: sa.Table, revision: _RevisionLog | None
 ) -> None:
-    """A TEMP trigger keeping the old and new values of every row the upsert changes.
+    """TEMP triggers counting the rows the upsert updates and keeping their revisions.
 
-    It fires only for rows the upsert really updates (its WHERE skips identical rows) and
-    only keeps those whose value columns changed; the stamp (`revised_at`, `run_id`) comes from
-    a one-row TEMP table. Both live on this connection until `_drop_sqlite_revision_trigger`.
+    They fire only for rows the upsert really updates (its WHERE skips identical rows); a
+    one-row TEMP table holds the counts and the revision stamp (`revised_at`, `run_id`). The
+    revision trigger keeps only rows whose value columns changed. All live on this connection
+    until `_drop_sqlite_write_log`.
     """
-    trigger, stamp_name = _sqlite_trigger_names(table)
-    stamp = sa.Table(
-        stamp_name,
+    counter, keeper, log_name = _sqlite_log_names(table)
+    log = sa.Table(
+        log_name,
         sa.MetaData(),
-        sa.Column("revised_at", revision.table.c.revised_at.type),
-        sa.Column("run_id", revision.table.c.run_id.type),
+        sa.Column("updated", sa.Integer, nullable=False),
+        sa.Column("revised", sa.Integer, nullable=False),
+        sa.Column("revised_at", sa.DateTime(timezone=True)),
+        sa.Column("run_id", sa.String(64)),
         prefixes=["TEMPORARY"],
     )
-    _drop_sqlite_revision_trigger(connection, table)
-    stamp.create(connection)
+    _drop_sqlite_write_log(connection, table)
+    log.create(connection)
+    stamp = (revision.revised_at, revision.run_id) if revision else (None, None)
     connection.execute(
-        stamp.insert().values(revised_at=revision.revised_at, run_id=revision.run_id)
+        log.insert().values(updated=0, revised=0, revised_at=stamp[0], run_id=stamp[1])
     )
+    connection.exec_driver_sql(
+        f"CREATE TEMP TRIGGER {counter} AFTER UPDATE ON {table.name} BEGIN "
+        f"UPDATE {log_name} SET updated = updated + 1; END"
+    )
+    if revision is None or not revision.columns:
+        return
     changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in revision.columns)
     target = ", ".join(revision.target_columns())
     values = ", ".join(
@@ -353,20 +380,25 @@ def _sqlite_revision_trigger(
         ]
     )
     connection.exec_driver_sql(
-        f"CREATE TEMP TRIGGER {trigger} AFTER UPDATE ON {table.name} WHEN {changed} BEGIN "
-        f"INSERT INTO {revision.table.name} ({target}) SELECT {values} FROM {stamp_name} s; END"
+        f"CREATE TEMP TRIGGER {keeper} AFTER UPDATE ON {table.name} WHEN {changed} BEGIN "
+        f"INSERT INTO {revision.table.name} ({target}) SELECT {values} FROM {log_name} s; "
+        f"UPDATE {log_name} SET revised = revised + 1; END"
     )
 
 
-def _drop_sqlite_revision_trigger(connection: sa.Connection, table: sa.Table) -> None:
-    trigger, stamp = _sqlite_trigger_names(table)
-    connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS temp.{trigger}")
-    connection.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{stamp}")
+def _sqlite_write_counts(connection: sa.Connection, table: sa.Table) -> tuple[int, int]:
+    """(rows updated, revisions kept) by the upsert, from its write log."""
+    updated, revised = connection.exec_driver_sql(
+        f"SELECT updated, revised FROM temp.{_sqlite_log_names(table)[2]}"
+    ).one()
+    return int(updated), int(revised)
 
 
-def _rows_in(connection: sa.Connection, table: sa.Table, bounds: Bounds) -> int:
-    query = sa.select(sa.func.count()).select_from(table).where(*_within(table, bounds))
-    return int(connection.execute(query).scalar_one())
+def _drop_sqlite_write_log(connection: sa.Connection, table: sa.Table) -> None:
+    counter, keeper, log = _sqlite_log_names(table)
+    connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS temp.{counter}")
+    connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS temp.{keeper}")
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{log}")
 
 
 def _staging_table(table: sa.Table, columns: list[str]) -> sa.Table:
