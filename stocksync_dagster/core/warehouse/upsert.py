@@ -15,13 +15,14 @@ text), else row by row with `write_row`; either way in chunks (sent by a psycopg
 the next is built), so memory stays bounded.
 
 SQLite: one `executemany` of `INSERT ... ON CONFLICT DO UPDATE ... WHERE` changed (a plain
-`INSERT` when no stored row lies in the key range); counts from the statement's row count and
-the rows in the key range before and after.
+`INSERT` when no stored row lies in the key range), first on its own inside a savepoint: an
+identical rerun ends there. A write that changed rows is rolled back to the savepoint and run
+again with TEMP triggers that count the updated rows (see `_sqlite_upsert`).
 
 Revisions: for a table with a revision table (`schema.REVISION_TABLES`), a stored row whose
 value columns (`schema.REVISED_COLUMNS`) change keeps its old and new values there, written in
-the same transaction: on PostgreSQL by a CTE of the merge statement itself, on SQLite by a TEMP
-trigger that lives for the one upsert (so identical rows cost nothing extra).
+the same transaction: on PostgreSQL by a CTE of the merge statement itself, on SQLite by one of
+those TEMP triggers, which live for the one upsert.
 """
 
 from __future__ import annotations
