@@ -180,15 +180,25 @@ def _pg_upsert(
     # are read in key order from its primary key (~1.5x faster than hashing every stored row of
     # a large range). Forced, because the planner has no statistics of the fresh staging table:
     # left to choose, it may pick a nested loop over a scan of the range, quadratic in rows.
-    for planner_switch in _MERGE_PLANNER_OFF:
-        connection.exec_driver_sql(f"SET LOCAL {planner_switch} = off")
+    saved = _set_local(connection, dict.fromkeys(_MERGE_PLANNER_OFF, "off"))
     inserted, updated, revised = connection.execute(
         _pg_merge_statement(table, stage, columns, keys, bounds, revision)
     ).one()
-    for planner_switch in _MERGE_PLANNER_OFF:
-        connection.exec_driver_sql(f"RESET {planner_switch}")
+    _set_local(connection, saved)  # the rest of the transaction plans as before
     stage.drop(connection)  # not left for commit: a transaction may write the table again
     return UpsertStats(inserted, updated, len(rows) - inserted - updated, revised)
+
+
+def _set_local(connection: sa.Connection, settings: dict[str, str]) -> dict[str, str]:
+    """Set PostgreSQL settings until the transaction ends; returns their values before."""
+    names = {f"n{i}": name for i, name in enumerate(settings)}
+    values = {f"v{i}": value for i, value in enumerate(settings.values())}
+    old = connection.execute(
+        sa.text("SELECT " + ", ".join(f"current_setting(:{n})" for n in names)), names
+    ).one()
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names)))
+    connection.execute(sa.text(f"SELECT {calls}"), names | values)
+    return dict(zip(settings, old, strict=True))
 
 
 def _pg_merge_statement(
