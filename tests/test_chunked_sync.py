@@ -25,6 +25,7 @@ from stocksync_dagster.core.sources.demo_market import DemoMarket
 from stocksync_dagster.core.sync import (
     ADJ_FACTOR,
     DAILY_BARS,
+    PREVIEW_DAYS,
     ChunkProgress,
     SyncReport,
     plan_chunks,
@@ -335,7 +336,11 @@ def test_preview_is_bounded(sqlite_url: str) -> None:
     report = sync_market([DAILY_BARS], source, warehouse, START, END, chunk_rows=60)["daily_bars"]
     assert report.preview and all(len(rows) <= 10 for rows in report.preview.values())
     assert report.run_rows_by_source == {"demo": report.rows_fetched}
-    assert isinstance(report.preview_rows(START), pd.DataFrame)
+    # kept for the last PREVIEW_DAYS open days only (the only days a run shows one on)
+    assert len(report.open_days) > PREVIEW_DAYS
+    assert sorted(report.preview) == report.open_days[-PREVIEW_DAYS:]
+    assert isinstance(report.preview_rows(END), pd.DataFrame)
+    assert report.preview_rows(START) is None
 
 
 class BrokenLater(DemoSource):

@@ -17,6 +17,9 @@ DEFINITIONS_MODULE = "stocksync_dagster.definitions"
 
 # Used when the CLI runs outside the project directory (no ./dagster.yaml to copy).
 _MINIMAL_INSTANCE_CONFIG = """\
+event_log_storage:
+  module: stocksync_dagster.instance_storage
+  class: BatchedSqliteEventLogStorage
 telemetry:
   enabled: false
 python_logs:

@@ -77,6 +77,9 @@ MARKET_ROWS_PER_DAY = 5_500
 """Rows of a whole-market day, to size date windows when the security master is not read."""
 PREVIEW_ROWS = 10
 """Fetched rows kept per day for the UI's preview table."""
+PREVIEW_DAYS = 31
+"""Previews are kept for the last this many open days of a sync (a longer run shows one only
+on its last partition: defs/metadata.py)."""
 
 DAILY_BARS = MarketDataset(
     "daily_bars",
@@ -123,7 +126,7 @@ class SyncReport:
     fetched_codes: set[str] = field(default_factory=set)
     """Stocks with at least one valid row."""
     preview: dict[dt.date, pd.DataFrame] = field(default_factory=dict)
-    """Up to PREVIEW_ROWS fetched rows per day (the UI's preview table)."""
+    """Up to PREVIEW_ROWS fetched rows per day of the last PREVIEW_DAYS (the UI's preview)."""
     failures: list[FetchFailure] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     failure_rows: int = 0
@@ -233,6 +236,8 @@ class SyncReport:
             self.suspended[day] = self.suspended.get(day, 0) + n
 
     def _add_preview(self, good: pd.DataFrame) -> None:
+        if len(self.open_days) > PREVIEW_DAYS:
+            good = good[good["trade_date"] >= self.open_days[-PREVIEW_DAYS]]
         days = good["trade_date"].unique()
         wanted = [d for d in days if len(self.preview.get(d, ())) < PREVIEW_ROWS]
         if not wanted:

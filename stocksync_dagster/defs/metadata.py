@@ -25,13 +25,13 @@ import pandas as pd
 import sqlalchemy as sa
 
 from stocksync_dagster.core.sources.base import RejectedRow
-from stocksync_dagster.core.sync import DayFigures, SyncReport
+from stocksync_dagster.core.sync import PREVIEW_DAYS, DayFigures, SyncReport
 from stocksync_dagster.core.warehouse import UpsertStats
 
 PREVIEW_ROWS = 10
 MAX_LISTED = 50
 MAX_DAYS_TABLED = 31  # the run's per-day table: keep a year's run light
-MAX_DETAILED_PARTITIONS = 31
+MAX_DETAILED_PARTITIONS = PREVIEW_DAYS
 """Runs of up to this many partitions carry a preview and the run's figures on every partition;
 longer runs on their last partition only (see the module docstring)."""
 ROW_COUNT = "dagster/row_count"
