@@ -34,9 +34,11 @@ Dagster's own storages store for the same runs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -90,6 +92,16 @@ def _planned_check_row(
         "evaluation_event_storage_id": event_id,
     }
     return row, keys
+
+
+_HOLDING_CONNECTIONS: weakref.WeakSet[BatchedSqliteEventLogStorage] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_held_connections() -> None:
+    """Close the files cleanly at exit (SQLite checkpoints a WAL file when its last one closes)."""
+    for storage in list(_HOLDING_CONNECTIONS):
+        storage._dispose_engines()
 
 
 def _is_materialization(event: dg.EventLogEntry) -> bool:
@@ -161,6 +173,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             self._initdb(engine)
             self._initialized_dbs.add(shard)
         self._engines[shard] = engine
+        _HOLDING_CONNECTIONS.add(self)
         while len(self._engines) > MAX_OPEN_SQLITE_FILES:
             self._engines.popitem(last=False)[1].dispose()
         return engine
