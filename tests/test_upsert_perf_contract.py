@@ -141,12 +141,13 @@ def test_missing_floats_stored_as_null_across_chunks(
 ) -> None:
     """A missing float (NaN or pd.NA) is stored as NULL and compares equal on a rerun, over
     several chunks and multi-row statements; a change in the first chunk still counts all."""
-    monkeypatch.setattr(upsert, "CHUNK_ROWS", 50)  # 32-row statements and a single-row tail
+    monkeypatch.setattr(upsert, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(upsert, "_SQLITE_CHUNK_ROWS", 50)  # 32-row statements, 18-row tails
     frame = bars()
     frame["pre_close"] = frame["pre_close"].astype("Float64")
     frame.loc[frame.index[::7], "pre_close"] = pd.NA
     frame.loc[frame.index[::5], "pct_chg"] = np.nan
-    assert len(frame) > 3 * upsert.CHUNK_ROWS
+    assert len(frame) > 3 * 50
     assert write(warehouse, schema.daily_bar, frame) == UpsertStats(len(frame), 0, 0)
     with warehouse.connect() as connection:
         nulls = connection.execute(

@@ -313,6 +313,9 @@ _SQLITE_SAVEPOINT = "stocksync_upsert"
 # kept open, per this many rows, ~1.6x faster than one per row. Not for a plain INSERT of new
 # rows: SQLite 3.40 inserts a multi-row VALUES ~1.3x slower than one row per statement.
 _SQLITE_UPSERT_ROWS = 32
+# Rows per conversion batch on SQLite: Python values bound while still in the CPU's cache
+# (~1.5x faster to build than `CHUNK_ROWS`); a multiple of `_SQLITE_UPSERT_ROWS`.
+_SQLITE_CHUNK_ROWS = 8192
 
 
 class _SqliteStatements:
@@ -651,13 +654,14 @@ def _python_chunks(
     rows: _Rows, table: sa.Table, columns: list[str], *, sqlite: bool = False
 ) -> Iterator[list[list]]:
     """Column-wise Python values (None for missing; see `_driver_values` for `sqlite`) in the
-    types the driver expects, in key order, `CHUNK_ROWS` rows at a time."""
+    types the driver expects, in key order, `CHUNK_ROWS` (`_SQLITE_CHUNK_ROWS`) rows at a time."""
     converted = [
         _driver_values(rows.frame[c], table.c[c].type, rows.factors.get(c), sqlite=sqlite)
         for c in columns
     ]
-    for start in range(0, len(rows), CHUNK_ROWS):
-        positions = rows.order[start : start + CHUNK_ROWS]
+    chunk = _SQLITE_CHUNK_ROWS if sqlite else CHUNK_ROWS
+    for start in range(0, len(rows), chunk):
+        positions = rows.order[start : start + chunk]
         yield [take(positions).tolist() for take in converted]
 
 
@@ -667,8 +671,8 @@ def _sqlite_blocks(rows: _Rows, table: sa.Table, columns: list[str]) -> Iterator
         _driver_values(rows.frame[c], table.c[c].type, rows.factors.get(c), sqlite=True)
         for c in columns
     ]
-    for start in range(0, len(rows), CHUNK_ROWS):
-        positions = rows.order[start : start + CHUNK_ROWS]
+    for start in range(0, len(rows), _SQLITE_CHUNK_ROWS):
+        positions = rows.order[start : start + _SQLITE_CHUNK_ROWS]
         block = np.empty((len(positions), len(columns)), dtype=object)
         for j, take in enumerate(converted):
             block[:, j] = take(positions)
