@@ -169,6 +169,24 @@ def test_missing_floats_stored_as_null_across_chunks(
     )
 
 
+def test_one_text_value_in_every_row_is_written_and_compared_exactly(
+    warehouse: Warehouse,
+) -> None:
+    """A text column with one value in every row (SQLite: a literal of the statement, quotes
+    and all) is stored as is, reruns as unchanged and a new value updates every row."""
+    frame = bars().assign(source='it\'s "demo" -- ;')
+    assert write(warehouse, schema.daily_bar, frame) == UpsertStats(len(frame), 0, 0)
+    assert write(warehouse, schema.daily_bar, frame) == UpsertStats(0, 0, len(frame))
+    renamed = frame.assign(source="demo'")
+    assert write(warehouse, schema.daily_bar, renamed) == UpsertStats(0, len(frame), 0)
+    mixed = renamed.copy()
+    mixed.loc[mixed.index[0], "source"] = None
+    assert write(warehouse, schema.daily_bar, mixed) == UpsertStats(0, 1, len(frame) - 1)
+    stored = read_table(warehouse, schema.daily_bar)["source"]
+    by_key = mixed.sort_values(["code", "trade_date"])["source"]
+    assert stored.tolist() == by_key.tolist()
+
+
 def test_stock_batches_of_one_range_are_written_whole_and_exactly(warehouse: Warehouse) -> None:
     """A history load in stock batches: each batch's key range (its codes x its days) holds no
     stored row, so it is loaded straight; batches whose code ranges interleave, overlap or

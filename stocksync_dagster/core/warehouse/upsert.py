@@ -135,7 +135,8 @@ def upsert_frame(
 
 
 class _Rows:
-    """A frame to write, its rows' primary-key order and the keys' distinct values.
+    """A frame to write, its rows' primary-key order and the keys' distinct values
+    (`factors`: `pd.factorize` by column, the keys' sorted; others added once computed).
 
     Rows written in primary-key order fill the B-tree page by page instead of at random.
     Raises ValueError on a duplicate key.
@@ -289,10 +290,10 @@ def _sqlite_upsert(
     do not fire for, so only a write that changes something pays for them."""
     stored = _any_key_exists(connection, table, _key_bounds(table, rows))
     if not stored:  # no key can conflict (a history load)
-        insert = _SqliteStatements(connection, table, columns, keys, upsert=False)
+        insert = _SqliteStatements(connection, table, columns, keys, rows, upsert=False)
         written = _sqlite_execute(connection, insert, rows)
         return UpsertStats(written, 0, len(rows) - written)
-    upsert = _SqliteStatements(connection, table, columns, keys, upsert=True)
+    upsert = _SqliteStatements(connection, table, columns, keys, rows, upsert=True)
     connection.exec_driver_sql(f"SAVEPOINT {_SQLITE_SAVEPOINT}")
     if _sqlite_execute(connection, upsert, rows, until_written=True) == 0:  # all identical
         connection.exec_driver_sql(f"RELEASE {_SQLITE_SAVEPOINT}")
@@ -320,7 +321,11 @@ _SQLITE_CHUNK_ROWS = 8192
 
 class _SqliteStatements:
     """The SQL of an INSERT (with `upsert`: `ON CONFLICT DO UPDATE` of changed rows only) of
-    `columns`, by rows per statement: `_SQLITE_UPSERT_ROWS` for an upsert, else 1."""
+    `columns`, by rows per statement: `_SQLITE_UPSERT_ROWS` for an upsert, else 1.
+
+    A text column holding one same value in every row is a literal of the statement, not a
+    parameter bound row by row (`bound`: the columns that are).
+    """
 
     def __init__(
         self,
@@ -328,25 +333,34 @@ class _SqliteStatements:
         table: sa.Table,
         columns: list[str],
         keys: list[str],
+        rows: _Rows,
         *,
         upsert: bool,
     ) -> None:
         self.connection = connection
         self.table = table
         self.columns = columns
+        self.constants = _constant_texts(rows, table, [c for c in columns if c not in keys])
+        self.bound = [c for c in columns if c not in self.constants]
         self.changing = [c for c in columns if c not in keys] if upsert else None
         self.keys = keys
         self.rows = _SQLITE_UPSERT_ROWS if upsert else 1
         self._sql: dict[int, str] = {}
 
     def sql(self, rows: int) -> str:
-        """The statement writing `rows` rows, parameters row by row in `columns` order."""
+        """The statement writing `rows` rows, parameters row by row in `bound` order."""
         if rows not in self._sql:
-            names = [[f"{c}_{i}" for c in self.columns] for i in range(rows)]
+            names = [[f"{c}_{i}" for c in self.bound] for i in range(rows)]
+            literals: dict[str, sa.ColumnElement[Any]] = {
+                c: sa.literal_column(_sqlite_text(v)) for c, v in self.constants.items()
+            }
             stmt = sqlite.insert(self.table).values(
                 [
-                    {c: sa.bindparam(n) for c, n in zip(self.columns, row, strict=True)}
-                    for row in names
+                    {
+                        c: literals[c] if c in literals else sa.bindparam(f"{c}_{i}")
+                        for c in self.columns
+                    }
+                    for i in range(rows)
                 ]
             )
             if self.changing:
@@ -365,6 +379,28 @@ class _SqliteStatements:
         return self._sql[rows]
 
 
+def _constant_texts(rows: _Rows, table: sa.Table, columns: list[str]) -> dict[str, str]:
+    """The text `columns` holding one same value (no NULL) in every row, and that value.
+
+    Their factorization is kept in `rows.factors` for the conversion of the others."""
+    constants = {}
+    for c in columns:
+        if not isinstance(table.c[c].type, sa.String):
+            continue
+        if c not in rows.factors:
+            rows.factors[c] = pd.factorize(rows.frame[c])
+        codes, uniques = rows.factors[c]
+        value = uniques[0] if len(uniques) == 1 else None
+        if isinstance(value, str) and "\x00" not in value and codes.min() == 0:
+            constants[c] = value
+    return constants
+
+
+def _sqlite_text(value: str) -> str:
+    """`value` as an SQLite string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _sqlite_execute(
     connection: sa.Connection,
     statements: _SqliteStatements,
@@ -374,7 +410,7 @@ def _sqlite_execute(
 ) -> int:
     """Every row, in key order; the rows inserted or updated (not the triggers'), counted up to
     the first chunk that writes one with `until_written`."""
-    table, columns, per = statements.table, statements.columns, statements.rows
+    table, columns, per = statements.table, statements.bound, statements.rows
     cursor = connection.connection.cursor()
     written = 0
     try:
