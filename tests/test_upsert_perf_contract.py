@@ -174,7 +174,7 @@ def test_one_text_value_in_every_row_is_written_and_compared_exactly(
 ) -> None:
     """A text column with one value in every row (SQLite: a literal of the statement, quotes
     and all) is stored as is, reruns as unchanged and a new value updates every row."""
-    frame = bars().assign(source='it\'s "demo" -- ;')
+    frame = bars().assign(source="o'k \"?:a %s --")  # varchar(16)
     assert write(warehouse, schema.daily_bar, frame) == UpsertStats(len(frame), 0, 0)
     assert write(warehouse, schema.daily_bar, frame) == UpsertStats(0, 0, len(frame))
     renamed = frame.assign(source="demo'")

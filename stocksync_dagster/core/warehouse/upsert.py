@@ -344,7 +344,10 @@ class _SqliteStatements:
         self.bound = [c for c in columns if c not in self.constants]
         self.changing = [c for c in columns if c not in keys] if upsert else None
         self.keys = keys
-        self.rows = _SQLITE_UPSERT_ROWS if upsert else 1
+        # at most 999 parameters a statement (SQLite's limit before 3.32)
+        self.rows = (
+            max(1, min(_SQLITE_UPSERT_ROWS, 999 // max(1, len(self.bound)))) if upsert else 1
+        )
         self._sql: dict[int, str] = {}
 
     def sql(self, rows: int) -> str:
