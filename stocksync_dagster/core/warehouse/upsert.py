@@ -14,10 +14,11 @@ built column-wise with numpy when every row has the same layout (no NULLs, fixed
 text), else row by row with `write_row`; either way in chunks (sent by a psycopg thread while
 the next is built), so memory stays bounded.
 
-SQLite: one `executemany` of `INSERT ... ON CONFLICT DO UPDATE ... WHERE` changed (a plain
-`INSERT` when no stored row lies in the key range), first on its own inside a savepoint: an
-identical rerun ends there. A write that changed rows is rolled back to the savepoint and run
-again with TEMP triggers that count the updated rows (see `_sqlite_upsert`).
+SQLite: `executemany` of `INSERT ... VALUES` 32 rows `ON CONFLICT DO UPDATE ... WHERE` changed
+(a plain one-row `INSERT` when no stored row lies in the key range), first on its own inside a
+savepoint: an identical rerun ends there. At the first chunk that writes a row it is rolled
+back to the savepoint and run again with TEMP triggers that count the updated rows (see
+`_sqlite_upsert`).
 
 Revisions: for a table with a revision table (`schema.REVISION_TABLES`), a stored row whose
 value columns (`schema.REVISED_COLUMNS`) change keeps its old and new values there, written in
