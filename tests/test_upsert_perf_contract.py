@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from stocksync_dagster.core.sources.demo import DemoSource
-from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, schema
+from stocksync_dagster.core.warehouse import UpsertStats, Warehouse, schema, upsert
 from stocksync_dagster.core.warehouse.upsert import upsert_frame
 from tests.conftest import DEMO_END, DEMO_START, _truncate
 from tests.test_warehouse import expected, read_table
@@ -134,6 +134,57 @@ def test_rows_with_nulls_and_text_rerun_as_unchanged(warehouse: Warehouse) -> No
     stored = read_table(warehouse, schema.stock_basic).set_index("code")
     assert stored.loc[renamed.iloc[2]["code"], "name"] == "改名股份"
     assert stored["delist_date"].isna().sum() == renamed["delist_date"].isna().sum()
+
+
+def test_missing_floats_stored_as_null_across_chunks(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing float (NaN or pd.NA) is stored as NULL and compares equal on a rerun, over
+    several chunks and multi-row statements; a change in the first chunk still counts all."""
+    monkeypatch.setattr(upsert, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(upsert, "_SQLITE_CHUNK_ROWS", 50)  # 32-row statements, 18-row tails
+    frame = bars()
+    frame["pre_close"] = frame["pre_close"].astype("Float64")
+    frame.loc[frame.index[::7], "pre_close"] = pd.NA
+    frame.loc[frame.index[::5], "pct_chg"] = np.nan
+    assert len(frame) > 3 * 50
+    assert write(warehouse, schema.daily_bar, frame) == UpsertStats(len(frame), 0, 0)
+    with warehouse.connect() as connection:
+        nulls = connection.execute(
+            sa.text("SELECT count(*) - count(pre_close), count(*) - count(pct_chg) FROM daily_bar")
+        ).one()
+    assert tuple(nulls) == (frame["pre_close"].isna().sum(), frame["pct_chg"].isna().sum())
+    assert write(warehouse, schema.daily_bar, frame) == UpsertStats(0, 0, len(frame))
+    changed = frame.copy()
+    by_key = changed.sort_values(["code", "trade_date"]).index
+    changed.loc[by_key[0], "pre_close"] = (
+        pd.NA if pd.notna(changed.loc[by_key[0], "pre_close"]) else 1.5
+    )
+    changed.loc[by_key[-1], "volume"] += 1
+    assert write(warehouse, schema.daily_bar, changed) == UpsertStats(0, 2, len(frame) - 2)
+    pd.testing.assert_frame_equal(
+        read_table(warehouse, schema.daily_bar),
+        expected(changed.astype({"pre_close": "float64"})),
+        check_dtype=False,
+    )
+
+
+def test_one_text_value_in_every_row_is_written_and_compared_exactly(
+    warehouse: Warehouse,
+) -> None:
+    """A text column with one value in every row (SQLite: a literal of the statement, quotes
+    and all) is stored as is, reruns as unchanged and a new value updates every row."""
+    frame = bars().assign(source="o'k \"?:a %s --")  # varchar(16)
+    assert write(warehouse, schema.daily_bar, frame) == UpsertStats(len(frame), 0, 0)
+    assert write(warehouse, schema.daily_bar, frame) == UpsertStats(0, 0, len(frame))
+    renamed = frame.assign(source="demo'")
+    assert write(warehouse, schema.daily_bar, renamed) == UpsertStats(0, len(frame), 0)
+    mixed = renamed.copy()
+    mixed.loc[mixed.index[0], "source"] = None
+    assert write(warehouse, schema.daily_bar, mixed) == UpsertStats(0, 1, len(frame) - 1)
+    stored = read_table(warehouse, schema.daily_bar)["source"]
+    by_key = mixed.sort_values(["code", "trade_date"])["source"]
+    assert stored.tolist() == by_key.tolist()
 
 
 def test_stock_batches_of_one_range_are_written_whole_and_exactly(warehouse: Warehouse) -> None:
