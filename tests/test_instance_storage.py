@@ -50,6 +50,15 @@ def batched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
 
 
+@pytest.fixture
+def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
+    """An instance from dagster.yaml as shipped, in its own DAGSTER_HOME."""
+    home = _home(tmp_path, "home", dagster_own=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
+
+
 def _range_run(instance: dg.DagsterInstance, url: str) -> dg.ExecuteInProcessResult:
     resources = {"source": DemoSourceResource(stocks=12), "warehouse": WarehouseResource(url=url)}
     assert dg.materialize([trade_calendar, stock_basic], instance=instance, resources=resources)
@@ -95,14 +104,12 @@ def _what_is_stored(instance: dg.DagsterInstance, run_id: str) -> dict[str, obje
 
 
 def test_the_shipped_instance_uses_the_batched_event_log_in_dagsters_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shipped: dg.DagsterInstance,
 ) -> None:
-    home = _home(tmp_path, "home", dagster_own=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        storage = instance.event_log_storage
-        assert isinstance(storage, BatchedSqliteEventLogStorage)
-        assert Path(storage._base_dir) == home / "history" / "runs"  # Dagster's default place
+    home = Path(shipped.root_directory)
+    storage = shipped.event_log_storage
+    assert isinstance(storage, BatchedSqliteEventLogStorage)
+    assert Path(storage._base_dir) == home / "history" / "runs"  # Dagster's default place
     assert (home / "history" / "runs" / "index.db").is_file()
 
 
@@ -148,7 +155,7 @@ def test_a_range_run_stores_exactly_what_dagsters_own_sqlite_event_log_stores(
 
 
 def test_a_failing_batch_leaves_nothing_and_its_events_are_stored_one_by_one(
-    tmp_path: Path, batched: None, monkeypatch: pytest.MonkeyPatch
+    shipped: dg.DagsterInstance, tmp_path: Path, batched: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failed: list[int] = []
     original = BatchedSqliteEventLogStorage._store_asset_event_tags
@@ -160,11 +167,8 @@ def test_a_failing_batch_leaves_nothing_and_its_events_are_stored_one_by_one(
         original(self, conn, events, ids)
 
     monkeypatch.setattr(BatchedSqliteEventLogStorage, "_store_asset_event_tags", fail_once)
-    home = _home(tmp_path, "home", dagster_own=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        run_id = _range_run(instance, f"sqlite:///{tmp_path / 'w.db'}").run_id
-        stored = _what_is_stored(instance, run_id)
+    run_id = _range_run(shipped, f"sqlite:///{tmp_path / 'w.db'}").run_id
+    stored = _what_is_stored(shipped, run_id)
     assert failed == [PARTITIONS]
     events: Counter = stored["events"]  # type: ignore[assignment]
     # once each: nothing of the failed batch was left behind, then each event stored alone
@@ -174,18 +178,16 @@ def test_a_failing_batch_leaves_nothing_and_its_events_are_stored_one_by_one(
 
 
 def test_wipe_closes_the_held_connections_and_the_storage_works_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shipped: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    home = _home(tmp_path, "home", dagster_own=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        run_id = _range_run(instance, f"sqlite:///{tmp_path / 'w.db'}").run_id
-        assert (home / "history" / "runs" / f"{run_id}.db").is_file()
-        instance.event_log_storage.wipe()  # deletes the run files Dagster's way
-        assert not (home / "history" / "runs" / f"{run_id}.db").exists()
-        assert not instance.get_materialized_partitions(dg.AssetKey("daily_bars"))
-        instance.report_runless_asset_event(dg.AssetMaterialization("daily_bars", partition="x"))
-        assert instance.get_materialized_partitions(dg.AssetKey("daily_bars")) == {"x"}
+    runs = Path(shipped.root_directory) / "history" / "runs"
+    run_id = _range_run(shipped, f"sqlite:///{tmp_path / 'w.db'}").run_id
+    assert (runs / f"{run_id}.db").is_file()
+    shipped.event_log_storage.wipe()  # deletes the run files Dagster's way
+    assert not (runs / f"{run_id}.db").exists()
+    assert not shipped.get_materialized_partitions(dg.AssetKey("daily_bars"))
+    shipped.report_runless_asset_event(dg.AssetMaterialization("daily_bars", partition="x"))
+    assert shipped.get_materialized_partitions(dg.AssetKey("daily_bars")) == {"x"}
 
 
 @pytest.fixture(autouse=True)
