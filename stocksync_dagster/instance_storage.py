@@ -50,7 +50,6 @@ from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
     SqlEventLogStorageTable,
 )
-from dagster._core.storage.sqlite import create_db_conn_string
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
@@ -164,7 +163,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines.move_to_end(shard)
             return engine
         engine = sa.create_engine(
-            create_db_conn_string(self._base_dir, shard),
+            self.conn_string_for_shard(shard),
             poolclass=sa.pool.StaticPool,
             # Used by one thread at a time (`_db_lock`), not always the one that opened it.
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},

@@ -6,14 +6,10 @@ fetched); selected alone, only that asset is fetched and materialized.
 """
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster._core.execution.context.metadata_logging import (
-    AssetMetadataHandle,
-    OutputMetadataAccumulator,
-)
 
 from stocksync_dagster.core import trading_calendar
 from stocksync_dagster.core.codes import is_valid_code
@@ -96,32 +92,9 @@ def _record(
         f"{len(report.failed_codes)} stocks failed, {len(report.rejected)} rows rejected"
     )
     key = dg.AssetKey(report.asset)
-    _add_partitions_metadata(context, key, range_metadata(report, days, table))
+    for partition, metadata in range_metadata(report, days, table).items():
+        context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
     return dg.MaterializeResult(asset_key=key)
-
-
-def _add_partitions_metadata(
-    context: dg.AssetExecutionContext,
-    key: dg.AssetKey,
-    by_partition: Mapping[str, Mapping[str, object]],
-) -> None:
-    """`context.add_asset_metadata(metadata, key, partition)` for every partition at once.
-
-    Dagster's checks each call's partition against the run's range by listing the range again
-    (a whole range per call: 1.7 s of a 1,000-partition run). The partitions are checked here
-    once and go into the step's metadata together (dagster 1.13.27, pinned; tests/test_assets.py
-    reads them back from the materializations)."""
-    unknown = set(by_partition) - set(context.partition_keys)
-    if unknown:
-        raise dg.DagsterInvariantViolationError(
-            f"metadata for partitions outside the run: {sorted(unknown)[:5]}"
-        )
-    step = context._step_execution_context
-    merged = dict(step._metadata_accumulator.per_output_metadata)
-    for partition, metadata in by_partition.items():
-        handle = AssetMetadataHandle(asset_key=key, partition_key=partition)
-        merged[handle] = {**merged.get(handle, {}), **metadata}
-    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)
 
 
 def _log_chunk(context: dg.AssetExecutionContext, progress: ChunkProgress) -> None:
