@@ -46,10 +46,6 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.event_log import SqliteEventLogStorage
-from dagster._core.storage.event_log.schema import (
-    AssetCheckExecutionsTable,
-    SqlEventLogStorageTable,
-)
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
@@ -72,6 +68,15 @@ _PLANNED_ROWS = sa.text(
     "CAST(:evaluation_event_timestamp AS TIMESTAMP), CAST(:evaluation_event_storage_id AS BIGINT) "
     "FROM unnest(CAST(:partition_keys AS TEXT[])) AS partition_key"
 )
+
+
+# The same rows on SQLite, one parameter set per partition key (the event text shared).
+_SQLITE_PLANNED_ROW = sa.text(
+    "INSERT INTO asset_check_executions (asset_key, check_name, partition, run_id, "
+    "execution_status, evaluation_event, evaluation_event_timestamp, evaluation_event_storage_id) "
+    "VALUES (:asset_key, :check_name, :partition, :run_id, :execution_status, :evaluation_event, "
+    ":evaluation_event_timestamp, :evaluation_event_storage_id)"
+).bindparams(sa.bindparam("evaluation_event_timestamp", type_=sa.DateTime))
 
 
 def _planned_check_row(
@@ -211,20 +216,12 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def _store_materializations(self, events: Sequence[dg.EventLogEntry]) -> None:
         """Each event serialized once, stored in its run's file and the index; each asset's
         row (its latest materialization) updated once, with its last event of the batch."""
-        rows = [self._event_to_row(event) for event in events]
-        for run_id in dict.fromkeys(event.run_id for event in events):
-            with self.run_connection(run_id) as conn:
-                conn.execute(
-                    SqlEventLogStorageTable.insert(),
-                    [
-                        row
-                        for row, event in zip(rows, events, strict=True)
-                        if event.run_id == run_id
-                    ],
-                )
+        inserts = [self.prepare_insert_event(event) for event in events]  # Dagster's statement
+        for event, insert in zip(events, inserts, strict=True):
+            with self.run_connection(event.run_id) as conn:
+                conn.execute(insert)
         with self.index_connection() as conn:
-            insert = SqlEventLogStorageTable.insert()
-            ids = [_inserted_id(conn.execute(insert.values(row))) for row in rows]
+            ids = [_inserted_id(conn.execute(insert)) for insert in inserts]
             self._store_asset_event_tags(conn, events, ids)
             latest = {
                 event.get_dagster_event().asset_key: (event, i)
@@ -245,9 +242,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         """As dagster's, one row per partition, with the event serialized once."""
         row, keys = _planned_check_row(self, event, event_id)
         with self.index_connection() as connection:
-            connection.execute(
-                AssetCheckExecutionsTable.insert(), [{**row, "partition": key} for key in keys]
-            )
+            connection.execute(_SQLITE_PLANNED_ROW, [{**row, "partition": key} for key in keys])
 
     def _dispose_engines(self) -> None:
         with self._db_lock:

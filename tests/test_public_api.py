@@ -32,16 +32,11 @@ def test_the_detector_sees_private_imports() -> None:
     assert not private_dagster_imports("import dagster as dg\nfrom dagster import asset")
 
 
-# The one module that extends Dagster's own storage: the classes it builds on are documented in
-# Dagster's API reference ("Internals": `dagster._core.storage.event_log.SqliteEventLogStorage`)
-# and the tables are its schema (dagster is pinned; tests/test_instance_storage.py compares what
-# it stores with Dagster's own storage). Nothing else may import from `dagster._`.
-STORAGE_INTERNALS = {
-    "instance_storage.py": [
-        "dagster._core.storage.event_log",
-        "dagster._core.storage.event_log.schema",
-    ],
-}
+# The one module that extends Dagster's own storage: the class it builds on is documented in
+# Dagster's API reference ("Internals": `dagster._core.storage.event_log.SqliteEventLogStorage`;
+# dagster is pinned, and tests/test_instance_storage.py compares what it stores with Dagster's
+# own storage). Nothing else may import from `dagster._`.
+STORAGE_INTERNALS = {"instance_storage.py": ["dagster._core.storage.event_log"]}
 
 
 def test_no_module_of_the_package_imports_private_dagster_api() -> None:
