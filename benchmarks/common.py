@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -233,6 +234,17 @@ def postgres_reachable(admin_url: str = PG_ADMIN_URL) -> str | None:
     return None
 
 
+class FreshProcessError(RuntimeError):
+    """A benchmark case failed in its own interpreter; the message is the child's traceback."""
+
+
+def _call_reporting(function: Callable[..., T], *args: Any) -> T:
+    try:
+        return function(*args)
+    except Exception:  # not every exception pickles (some hold tracebacks): send the text
+        raise FreshProcessError(traceback.format_exc()) from None
+
+
 def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)` in a new interpreter (spawned), so its RSS is not this process's.
 
@@ -241,7 +253,7 @@ def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
     """
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        result = pool.apply(function, args)
+        result = pool.apply(_call_reporting, (function, *args))
         # let the child exit by itself: the pool's exit terminates it (SIGTERM), which Dagster's
         # signal handler in the child turns into a KeyboardInterrupt traceback
         pool.close()

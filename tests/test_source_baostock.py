@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from stocksync_dagster.core.codes import is_valid_code
+from stocksync_dagster.core.codes import is_valid_code, to_baostock
 from stocksync_dagster.core.errors import SourceUnavailableError
-from stocksync_dagster.core.sources.baostock import BaostockSource
+from stocksync_dagster.core.sources.baostock import BAR_FIELDS, BaostockSource
+from stocksync_dagster.core.sources.baostock_worker import Outcome, Task
 from stocksync_dagster.core.sources.base import (
     ADJ_FACTOR_COLUMNS,
     BAR_COLUMNS,
@@ -155,12 +156,19 @@ def test_one_off_fault_is_retried(
 ) -> None:
     victim = _victim(market)
     server.inject(kind, call=K_DATA, code=victim, times=1)
+    before = server.stock_requests.copy()
     started = time.monotonic()
     result = source.daily_bars(START, END)
     assert time.monotonic() - started < 15
     assert result.failures == []
     _assert_same(result.frame, market.bars(START, END))
-    assert result.calls == len(source._universe(START, END, None)) + 1  # one retry
+    universe = source._universe(START, END, None)
+    assert result.calls == len(universe) + 1  # one retry
+    # Tasks already waiting in the faulted worker's pipe ran once, elsewhere, when it was killed.
+    requested = server.stock_requests - before
+    assert {code: n for (method, code), n in requested.items() if method == K_DATA} == {
+        to_baostock(code): 2 if code == victim else 1 for code in universe
+    }
 
 
 @pytest.mark.parametrize("kind", ["drop", "hang", "fin", "error"])
@@ -199,6 +207,29 @@ def test_malformed_rows_are_rejected(
     expected = market.bars(START, END)
     expected = expected[~((expected["code"] == victim) & (expected["trade_date"] == START))]
     _assert_same(result.frame, expected)
+
+
+def test_a_run_that_raised_leaves_no_stale_replies(
+    server: FakeBaostockServer, market: DemoMarket
+) -> None:
+    """Replies still owed to an aborted run (workers hold the next task in their pipe) never
+    count for the next run: its workers start afresh and every stock comes back right."""
+    with BaostockSource(server=(LOCAL, server.port), workers=2, **FAST) as src:
+        universe = src._universe(START, END, None)
+        tasks = [Task(c, (src._bars_call(c, START, END, BAR_FIELDS),)) for c in universe]
+        seen: list[str] = []
+
+        def explode_on_second(outcome: Outcome) -> None:
+            seen.append(outcome.key)
+            if len(seen) == 2:
+                raise RuntimeError("parse failed")
+
+        with pytest.raises(RuntimeError, match="parse failed"):
+            src._pool.run(tasks, explode_on_second)
+        result = src.daily_bars(START, END)
+    assert result.failures == []
+    _assert_same(result.frame, market.bars(START, END))
+    assert result.calls == len(universe)
 
 
 def test_login_failure_everywhere_raises_source_unavailable(server: FakeBaostockServer) -> None:

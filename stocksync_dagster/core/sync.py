@@ -484,9 +484,19 @@ class _Part:
 
 
 @dataclass
+class _Raw:
+    """One dataset of one fetched chunk, as the source returned it (completed, not validated)."""
+
+    dataset: MarketDataset
+    result: FetchResult
+    refetched: int
+    seconds: float
+
+
+@dataclass
 class _Fetched:
     chunk: Chunk
-    parts: dict[str, _Part]
+    raw: list[_Raw]
 
 
 def _fetch_chunk(
@@ -497,8 +507,9 @@ def _fetch_chunk(
     start: dt.date,
     end: dt.date,
 ) -> _Fetched:
-    """Fetch, complete and validate every dataset of `chunk`, in order, from `source`."""
-    parts = {}
+    """Fetch and complete every dataset of `chunk`, in order, from `source` (validation is left
+    to the writer's thread, so the source goes from one chunk's calls straight to the next's)."""
+    raw = []
     for dataset in datasets:
         began = time.monotonic()
         refetched = 0
@@ -511,20 +522,31 @@ def _fetch_chunk(
                 refetched = _complete_universe(
                     dataset, source, result, basic, chunk.days, chunk.codes
                 )
-        good, rejected = dataset.validate(result.frame, start, end)
-        result.frame = result.frame.iloc[:0]  # free the raw copy before the next fetch
-        parts[dataset.asset] = _Part(
+        raw.append(_Raw(dataset, result, refetched, time.monotonic() - began))
+    source.end_chunk()
+    return _Fetched(chunk, raw)
+
+
+def _validated(fetched: _Fetched, start: dt.date, end: dt.date) -> dict[str, _Part]:
+    """The chunk's datasets validated, each freed of its raw frame as soon as it is done."""
+    parts = {}
+    for raw in fetched.raw:
+        began = time.monotonic()
+        result = raw.result
+        good, rejected = raw.dataset.validate(result.frame, start, end)
+        result.frame = result.frame.iloc[:0]
+        parts[raw.dataset.asset] = _Part(
             good=good,
             rejected=[*result.rejected, *rejected],
             failures=result.failures,
             suspensions=result.suspensions,
             st=result.st,
             calls=result.calls,
-            refetched=refetched,
-            seconds=time.monotonic() - began,
+            refetched=raw.refetched,
+            seconds=raw.seconds + time.monotonic() - began,
         )
-    source.end_chunk()
-    return _Fetched(chunk, parts)
+    fetched.raw = []
+    return parts
 
 
 class _ChunkWriter:
@@ -557,15 +579,16 @@ class _ChunkWriter:
         self.revised_at = dt.datetime.now(dt.UTC)
 
     def write(self, fetched: _Fetched) -> int:
-        """Commit one chunk; returns the rows it wrote (all datasets)."""
+        """Validate one chunk and commit it; returns the rows it wrote (all datasets)."""
         chunk = fetched.chunk
+        parts = _validated(fetched, self.start, self.end)
         first, last = chunk.index == 0, chunk.index == len(self.plan) - 1
         seconds: dict[str, float] = {}
         stats: dict[str, UpsertStats] = {}
         with self.warehouse.begin() as connection:
             for dataset in self.datasets:
                 began = time.monotonic()
-                part, report = fetched.parts[dataset.asset], self.reports[dataset.asset]
+                part, report = parts[dataset.asset], self.reports[dataset.asset]
                 stats[dataset.asset] = upsert_frame(
                     connection,
                     dataset.table,
@@ -613,7 +636,7 @@ class _ChunkWriter:
                 seconds[dataset.asset] = time.monotonic() - began
         rows = 0
         for dataset in self.datasets:  # committed: now it counts
-            part, report = fetched.parts[dataset.asset], self.reports[dataset.asset]
+            part, report = parts[dataset.asset], self.reports[dataset.asset]
             report.stats = _sum(report.stats, stats[dataset.asset])
             report.write_seconds += seconds[dataset.asset]
             report._add(part, self.label)

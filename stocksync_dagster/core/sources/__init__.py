@@ -1,21 +1,5 @@
-"""Market data sources: one interface (`MarketSource`), three implementations."""
+"""Market data sources: one interface (`base.MarketSource`), three implementations.
 
-from stocksync_dagster.core.sources.base import (
-    ADJ_FACTOR_COLUMNS,
-    BAR_COLUMNS,
-    CALENDAR_COLUMNS,
-    STOCK_BASIC_COLUMNS,
-    FetchFailure,
-    FetchResult,
-    MarketSource,
-)
-
-__all__ = [
-    "ADJ_FACTOR_COLUMNS",
-    "BAR_COLUMNS",
-    "CALENDAR_COLUMNS",
-    "STOCK_BASIC_COLUMNS",
-    "FetchFailure",
-    "FetchResult",
-    "MarketSource",
-]
+The package itself imports nothing: a baostock worker process (`baostock_worker`) is started as
+`python -m` its module and should not pay for pandas or the other sources on every start.
+"""

@@ -6,12 +6,16 @@ worker process (a fresh interpreter, `python -m` this module: never forked, sinc
 socket hangs) that logs in on its own, with `socket.setdefaulttimeout` set. The parent
 (`WorkerPool`) kills a worker whose task overruns, starts a fresh one (new process, new login)
 and retries the task with exponential backoff and jitter. Workers return raw rows; the parent
-parses each reply as it arrives.
+parses each reply as it arrives. Each worker has its next task waiting in its pipe
+(`PIPELINE_DEPTH`), so it starts the next call the moment a reply is sent, however busy the
+parent is parsing, writing or holding the GIL.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import importlib
 import logging
 import os
 import random
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -41,6 +46,7 @@ LOGIN_HINTS = {
     "10001011": "the account is blacklisted (too many sessions): lower `workers` and wait",
 }
 SPAWN_GRACE_SECONDS = 30.0  # process start + imports, on top of the login's call timeout
+PIPELINE_DEPTH = 2  # tasks sent to a worker ahead of its replies: the one running + the next
 
 Rows = list[list[str]]
 
@@ -118,12 +124,32 @@ def _exit_with_parent() -> None:
             os._exit(3)
 
 
+class _ImportedOnFirstUse(types.ModuleType):
+    """Stands in `sys.modules` for a module and imports the real one when an attribute is read.
+
+    baostock imports pandas only for `ResultData.get_data`, which workers never call; importing
+    it eagerly costs every worker process ~0.3 s of CPU at start. (`importlib.util.LazyLoader`
+    does not help on Python 3.11: the `import` statement itself reads `__spec__` and loads it.)
+    """
+
+    def __getattr__(self, attribute: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+def _import_on_first_use(name: str) -> None:
+    if name not in sys.modules:
+        sys.modules[name] = _ImportedOnFirstUse(name)
+
+
 def worker_main(
     conn_in: Connection, conn_out: Connection, host: str | None, port: int | None, timeout: float
 ) -> None:
     """Child process: log in, then run tasks from `conn_in` until told to stop (None) or EOF."""
     socket.setdefaulttimeout(timeout)  # before the client creates its socket
     threading.Thread(target=_exit_with_parent, daemon=True).start()
+    _import_on_first_use("pandas")
     import baostock as bs
     import baostock.common.context as context
     from baostock.common import contants
@@ -172,6 +198,7 @@ class _Pending:
     task: Task
     attempt: int = 1  # the attempt about to be made
     ready_at: float = 0.0
+    task_id: int = 0  # the id it was last sent under
 
 
 @dataclass
@@ -181,11 +208,11 @@ class _Slot:
     conn: Connection | None = None  # replies from the worker
     requests: Connection | None = None  # tasks to the worker
     state: str = "down"  # down, starting, idle, busy, gave_up
-    deadline: float = 0.0
+    deadline: float = 0.0  # for the login, or for the task running now (the first in `sent`)
     respawn_at: float = 0.0
     login_failures: int = 0
     last_login_error: str = ""
-    pending: _Pending | None = None
+    sent: collections.deque[_Pending] = field(default_factory=collections.deque)  # in order
     task_id: int = 0
 
 
@@ -246,6 +273,7 @@ class WorkerPool:
         logger.debug("started baostock worker %d (pid %s)", slot.index, slot.process.pid)
 
     def _kill(self, slot: _Slot, state: str = "down", respawn_in: float = 0.0) -> None:
+        """Stop the worker; tasks waiting in its pipe (not started) go back to the queue."""
         if slot.process is not None:
             if slot.process.poll() is None:
                 slot.process.kill()
@@ -256,6 +284,10 @@ class WorkerPool:
         for conn in (slot.conn, slot.requests):
             if conn is not None:
                 conn.close()
+        while slot.sent:
+            waiting = slot.sent.pop()
+            self.calls -= len(waiting.task.calls)  # never made
+            self._queue.insert(0, waiting)
         slot.process, slot.conn, slot.requests, slot.state = None, None, None, state
         slot.respawn_at = time.monotonic() + respawn_in
 
@@ -269,7 +301,9 @@ class WorkerPool:
             if slot.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     slot.process.wait(timeout=1.0)
+            slot.sent.clear()
             self._kill(slot, state="down")
+        self._queue = []
 
     def live_pids(self) -> list[int]:
         """Process ids of the worker processes that are running now."""
@@ -287,6 +321,10 @@ class WorkerPool:
         """Run every task, handing each outcome to `on_outcome` as soon as it is final (so the
         caller parses while workers wait on the network). Raises SourceUnavailableError if no
         worker can log in."""
+        for slot in self._slots:
+            if slot.sent:  # replies still owed to a run that raised: start that worker afresh
+                slot.sent.clear()
+                self._kill(slot)
         self._queue = [_Pending(task) for task in tasks]
         self._done, self._on_outcome = 0, on_outcome
         active = min(len(self._slots), len(tasks))
@@ -309,14 +347,10 @@ class WorkerPool:
             for slot in live:
                 if slot.state == "down" and slot.respawn_at <= now:
                     self._spawn(slot)
-            for slot in live:
-                if slot.state != "idle":
-                    continue
-                ready = next((p for p in self._queue if p.ready_at <= now), None)
-                if ready is None:
-                    break
-                self._queue.remove(ready)
-                self._send(slot, ready)
+            for depth in range(1, PIPELINE_DEPTH + 1):  # one task per worker first, then more
+                for slot in live:
+                    if len(slot.sent) < depth:
+                        self._fill(slot, now, depth)
             self._wait(live, now)
             for slot in live:
                 self._collect(slot)
@@ -325,11 +359,23 @@ class WorkerPool:
                 if slot.state in ("starting", "busy") and slot.deadline < now:
                     self._on_timeout(slot)
 
-    def _send(self, slot: _Slot, pending: _Pending) -> None:
+    def _fill(self, slot: _Slot, now: float, depth: int = PIPELINE_DEPTH) -> None:
+        """Send ready tasks to a logged-in worker until `depth` are in its pipe."""
+        while slot.state in ("idle", "busy") and len(slot.sent) < depth:
+            ready = next((p for p in self._queue if p.ready_at <= now), None)
+            if ready is None:
+                return
+            self._queue.remove(ready)
+            self._send(slot, ready, now)
+
+    def _send(self, slot: _Slot, pending: _Pending, now: float) -> None:
         assert slot.requests is not None
         slot.task_id += 1
-        slot.pending, slot.state = pending, "busy"
-        slot.deadline = time.monotonic() + self.call_timeout * len(pending.task.calls)
+        pending.task_id = slot.task_id
+        if not slot.sent:  # it starts at once: the watchdog runs from now
+            slot.deadline = now + self.call_timeout * len(pending.task.calls)
+        slot.sent.append(pending)
+        slot.state = "busy"
         self.calls += len(pending.task.calls)
         with contextlib.suppress(OSError):  # a dead worker: _collect sees EOF, the task retries
             slot.requests.send((slot.task_id, pending.task.calls))
@@ -337,7 +383,7 @@ class WorkerPool:
     def _wait(self, live: list[_Slot], now: float) -> None:
         times = [s.deadline for s in live if s.state in ("starting", "busy")]
         times += [s.respawn_at for s in live if s.state == "down"]
-        if any(s.state == "idle" for s in live):
+        if any(s.state in ("idle", "busy") and len(s.sent) < PIPELINE_DEPTH for s in live):
             times += [p.ready_at for p in self._queue]
         timeout = min(max(min(times, default=now + 1.0) - now, 0.0), 1.0)
         handles = [s.conn for s in live if s.conn is not None]
@@ -360,11 +406,20 @@ class WorkerPool:
             if message[0] == "login":
                 self._on_login(slot, message[1], message[2])
                 continue
-            _, reply, relogin = message
-            pending = slot.pending
-            slot.pending, slot.state = None, "idle"
-            if pending is not None:
-                self._on_reply(pending, reply)
+            task_id, reply, relogin = message
+            if not slot.sent or slot.sent[0].task_id != task_id:
+                logger.warning("baostock worker %d replied out of turn: restarting it", slot.index)
+                self._on_crash(slot)
+                return
+            pending = slot.sent.popleft()
+            now = time.monotonic()
+            if slot.sent:  # the next task started when this reply was sent
+                slot.deadline = now + self.call_timeout * len(slot.sent[0].task.calls)
+            else:
+                slot.state = "idle"
+            if relogin[0] == SUCCESS:
+                self._fill(slot, now)  # before parsing: the worker never waits for the parent
+            self._on_reply(pending, reply)
             if relogin[0] != SUCCESS:
                 self._on_login(slot, relogin[0], relogin[1])
 
@@ -405,7 +460,7 @@ class WorkerPool:
         self._retry(pending, error_class, detail, function, permanent=code in PERMANENT_ERRORS)
 
     def _on_timeout(self, slot: _Slot) -> None:
-        pending = slot.pending
+        running = slot.sent.popleft() if slot.sent else None
         if slot.state == "starting":
             self._kill(slot)
             self._on_login(slot, "timeout", f"no login reply within {self.call_timeout:g} s")
@@ -413,29 +468,27 @@ class WorkerPool:
         logger.warning(
             "%s task %s overran %.1f s: killing worker pid %s",
             self.source_name,
-            pending.task.key if pending else "?",
+            running.task.key if running else "?",
             self.call_timeout,
             slot.process.pid if slot.process else "?",
         )
-        slot.pending = None
         self._kill(slot)
-        if pending is not None:
+        if running is not None:
             detail = f"no complete reply within {self.call_timeout:g} s (hung or spinning call)"
-            function = pending.task.calls[0].function
-            self._retry(pending, "CallTimeout", detail, function)
+            function = running.task.calls[0].function
+            self._retry(running, "CallTimeout", detail, function)
 
     def _on_crash(self, slot: _Slot) -> None:
-        pending = slot.pending
+        running = slot.sent.popleft() if slot.sent else None
         exitcode = slot.process.poll() if slot.process is not None else None
         was_starting = slot.state == "starting"
-        slot.pending = None
         self._kill(slot)
         if was_starting:
             self._on_login(slot, "crash", f"worker exited during login (exit code {exitcode})")
-        elif pending is not None:
+        elif running is not None:
             detail = f"worker process died (exit code {exitcode})"
-            function = pending.task.calls[0].function
-            self._retry(pending, "WorkerCrashed", detail, function)
+            function = running.task.calls[0].function
+            self._retry(running, "WorkerCrashed", detail, function)
 
     def _finish(self, outcome: Outcome) -> None:
         self._done += 1
