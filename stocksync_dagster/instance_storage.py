@@ -108,13 +108,45 @@ def _close_held_connections() -> None:
         storage._dispose_engines()
 
 
-def _is_materialization(event: dg.EventLogEntry) -> bool:
-    dagster_event = event.dagster_event
-    return bool(
-        dagster_event
-        and dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-        and dagster_event.asset_key
+_BATCHED_TYPES = frozenset(
+    {
+        dg.DagsterEventType.ASSET_MATERIALIZATION,
+        dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+    }
+)
+"""What a range run stores per partition: stored here as a batch (Dagster: one by one)."""
+_CHECK_PLANNED = dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED
+
+
+def _batchable(events: Sequence[dg.EventLogEntry]) -> bool:
+    return bool(events) and all(
+        e.dagster_event is not None
+        and e.dagster_event.event_type in _BATCHED_TYPES
+        and (e.dagster_event.event_type == _CHECK_PLANNED or e.dagster_event.asset_key)
+        for e in events
     )
+
+
+def _latest_per_asset(
+    events: Sequence[dg.EventLogEntry], ids: Sequence[int]
+) -> list[tuple[dg.EventLogEntry, int]]:
+    """The last asset event (not check event) of each asset, with its id: the asset's row is
+    updated once per batch with it, as dagster-postgres does for a batch of materializations."""
+    latest = {
+        e.get_dagster_event().asset_key: (e, i)
+        for e, i in zip(events, ids, strict=True)
+        if e.get_dagster_event().event_type != _CHECK_PLANNED
+    }
+    return list(latest.values())
+
+
+def _is_materialization(event: dg.EventLogEntry) -> bool:
+    return event.get_dagster_event().event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+
+
+def _is_check(event: dg.EventLogEntry) -> bool:
+    return event.get_dagster_event().event_type == _CHECK_PLANNED
 
 
 def _inserted_id(result: sa.CursorResult[Any]) -> int:
@@ -196,14 +228,15 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         yield batch[shard]
 
     def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
-        """In one transaction per file, committed at the end: materializations as
-        dagster-postgres stores a batch of them, other events one by one as Dagster does."""
+        """In one transaction per file, committed at the end: a range run's materializations
+        and planned events as a batch (`_store_asset_events`), other events one by one as
+        Dagster does."""
         with self._db_lock:
             connections: dict[str, sa.Connection] = {}
             self._batch.connections = connections
             try:
-                if events and all(_is_materialization(e) for e in events):
-                    self._store_materializations(events)
+                if _batchable(events):
+                    self._store_asset_events(events)
                 else:
                     super().store_event_batch(events)
                 for conn in connections.values():
@@ -213,22 +246,23 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 for conn in connections.values():
                     conn.close()  # rolls back what was not committed
 
-    def _store_materializations(self, events: Sequence[dg.EventLogEntry]) -> None:
-        """Each event serialized once, stored in its run's file and the index; each asset's
-        row (its latest materialization) updated once, with its last event of the batch."""
+    def _store_asset_events(self, events: Sequence[dg.EventLogEntry]) -> None:
+        """Dagster's `store_event` for each event (its insert statement, built once, in the
+        run's file and the index), except that each asset's row is updated once, with its
+        last event of the batch."""
         inserts = [self.prepare_insert_event(event) for event in events]  # Dagster's statement
         for event, insert in zip(events, inserts, strict=True):
             with self.run_connection(event.run_id) as conn:
                 conn.execute(insert)
         with self.index_connection() as conn:
             ids = [_inserted_id(conn.execute(insert)) for insert in inserts]
-            self._store_asset_event_tags(conn, events, ids)
-            latest = {
-                event.get_dagster_event().asset_key: (event, i)
-                for event, i in zip(events, ids, strict=True)
-            }
-            for event, event_id in latest.values():
+            assets = [(e, i) for e, i in zip(events, ids, strict=True) if not _is_check(e)]
+            self._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
+            for event, event_id in _latest_per_asset(events, ids):
                 self._store_asset_event(conn, event, event_id)
+        for event, event_id in zip(events, ids, strict=True):
+            if _is_check(event):
+                self.store_asset_check_event(event, event_id)
 
     def has_table(self, table_name: str) -> bool:
         """Dagster's (a new engine each call, once per asset event), remembered once true."""
@@ -276,6 +310,32 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             statement_timeout=0, pool_recycle=POOL_RECYCLE_SECONDS, max_overflow=MAX_OVERFLOW
         )
         return storage
+
+    def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
+        """A range run's planned events as dagster-postgres stores a batch of materializations;
+        every other batch as dagster-postgres does."""
+        if _batchable(events) and not any(_is_materialization(e) for e in events):
+            self._store_planned_events(events)
+        else:
+            super().store_event_batch(events)
+
+    def _store_planned_events(self, events: Sequence[dg.EventLogEntry]) -> None:
+        """One multi-row INSERT of the events (Dagster's statement), the asset event tags, each
+        asset's row once with its last event, then each planned check's rows. (Dagster stores
+        them one by one: an insert, a NOTIFY nobody listens to and a transaction per event.)"""
+        insert = self.prepare_insert_event_batch(events)
+        with self._connect() as conn:
+            ids = [int(row[0]) for row in conn.execute(insert.returning(insert.table.c.id))]
+        if len(ids) != len(events):
+            raise dg.DagsterInvariantViolationError("Cannot store asset event tags for null ids.")
+        with self.index_transaction() as conn:
+            assets = [(e, i) for e, i in zip(events, ids, strict=True) if not _is_check(e)]
+            self._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
+            for event, event_id in _latest_per_asset(events, ids):
+                self._store_asset_event(conn, event, event_id)
+        for event, event_id in zip(events, ids, strict=True):
+            if _is_check(event):
+                self.store_asset_check_event(event, event_id)
 
     def _store_asset_check_evaluation_planned(
         self, event: dg.EventLogEntry, event_id: int | None

@@ -30,6 +30,7 @@ SHIPPED = Path(__file__).parents[1] / "dagster.yaml"
 START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 14)  # 10 trading days
 PARTITIONS = 10
 ASSETS = ("daily_bars", "adj_factor")
+CHECKS = 13  # of both assets
 
 
 def _home(root: Path, name: str, *, dagster_own: bool) -> Path:
@@ -131,15 +132,19 @@ def test_its_files_are_those_of_the_instance_it_belongs_to(
 def test_a_range_run_stores_exactly_what_dagsters_own_sqlite_event_log_stores(
     tmp_path: Path, batched: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: Counter[str] = Counter()
-    store = BatchedSqliteEventLogStorage._store_materializations
+    batched_types: Counter[dg.DagsterEventType] = Counter()
+    store = BatchedSqliteEventLogStorage._store_asset_events
 
     def counted(self: BatchedSqliteEventLogStorage, events: list) -> None:
-        calls["batches"] += 1
-        calls["events"] += len(events)
+        batched_types.update(
+            e.dagster_event_type
+            for e in events
+            if e.dagster_event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED
+            or e.dagster_event.asset_key.to_user_string() in ASSETS
+        )
         store(self, events)
 
-    monkeypatch.setattr(BatchedSqliteEventLogStorage, "_store_materializations", counted)
+    monkeypatch.setattr(BatchedSqliteEventLogStorage, "_store_asset_events", counted)
     seen = {}
     for name in ("ours", "dagster"):
         home = _home(tmp_path, name, dagster_own=name == "dagster")
@@ -147,7 +152,12 @@ def test_a_range_run_stores_exactly_what_dagsters_own_sqlite_event_log_stores(
         with dg.DagsterInstance.from_config(str(home)) as instance:
             url = f"sqlite:///{tmp_path / name}.db"
             seen[name] = _what_is_stored(instance, _range_run(instance, url).run_id)
-    assert calls["events"] == PARTITIONS * len(ASSETS)  # our batch path stored them
+    # our batch path stored them: per partition and asset the planned and the done event
+    assert batched_types == {
+        dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED: PARTITIONS * len(ASSETS),
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED: CHECKS,
+        dg.DagsterEventType.ASSET_MATERIALIZATION: PARTITIONS * len(ASSETS),
+    }
     assert seen["ours"] == seen["dagster"]
     for asset in ASSETS:
         assert len(seen["ours"][asset]["partitions"]) == PARTITIONS  # type: ignore[index]
@@ -161,18 +171,22 @@ def test_a_failing_batch_leaves_nothing_and_its_events_are_stored_one_by_one(
     original = BatchedSqliteEventLogStorage._store_asset_event_tags
 
     def fail_once(self: BatchedSqliteEventLogStorage, conn, events, ids) -> None:  # type: ignore[no-untyped-def]
-        if len(events) > 1 and not failed:  # the first batch, after its rows were inserted
-            failed.append(len(events))
+        ours = [e for e in events if e.dagster_event.asset_key.to_user_string() in ASSETS]
+        if len(ours) > 1 and not failed:  # the range run's first batch, its rows inserted
+            failed.append(len(ours))
             raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
         original(self, conn, events, ids)
 
     monkeypatch.setattr(BatchedSqliteEventLogStorage, "_store_asset_event_tags", fail_once)
     run_id = _range_run(shipped, f"sqlite:///{tmp_path / 'w.db'}").run_id
     stored = _what_is_stored(shipped, run_id)
-    assert failed == [PARTITIONS]
+    assert failed == [PARTITIONS * len(ASSETS)]  # the planned events
     events: Counter = stored["events"]  # type: ignore[assignment]
     # once each: nothing of the failed batch was left behind, then each event stored alone
+    assert events[dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED] == PARTITIONS * len(ASSETS)
     assert events[dg.DagsterEventType.ASSET_MATERIALIZATION] == PARTITIONS * len(ASSETS)
+    planned = [r for r in stored["checks"] if r[2] == "PLANNED"]  # type: ignore[attr-defined]
+    assert len(planned) == PARTITIONS * CHECKS
     for asset in ASSETS:
         assert len(stored[asset]["materializations"]) == PARTITIONS  # type: ignore[index]
 

@@ -206,6 +206,17 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
         "DAGSTER_PG_PORT": str(url.port or 5432),
     }.items():
         monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")  # as definitions.py sets it
+    from stocksync_dagster.instance_storage import PooledPostgresEventLogStorage
+
+    batched: list[int] = []
+    store_planned = PooledPostgresEventLogStorage._store_planned_events
+
+    def counted(self: PooledPostgresEventLogStorage, events: list) -> None:
+        batched.append(len(events))
+        store_planned(self, events)
+
+    monkeypatch.setattr(PooledPostgresEventLogStorage, "_store_planned_events", counted)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         storage = instance.event_log_storage
         assert type(storage).__name__ == "PooledPostgresEventLogStorage"
@@ -227,6 +238,10 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
         assert result.success
         for asset in ("daily_bars", "adj_factor"):
             assert len(instance.get_materialized_partitions(dg.AssetKey(asset))) == 10
+            record = instance.get_asset_records([dg.AssetKey(asset)])[0].asset_entry
+            assert record.last_run_id == result.run_id  # set by the batch of planned events
+        our_events = Counter(e.dagster_event_type for e in instance.all_logs(result.run_id))
+        del our_events[None]  # log lines (the first run also creates the warehouse schema)
         # The checks' rows are exactly those of dagster-postgres's own storage for the same run
         # (one planned row per partition and check, then the evaluations), on the same database.
         ours = check_rows(storage, result.run_id)
@@ -243,7 +258,12 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
                 tags=range_tags(START.isoformat(), END.isoformat()),
             )
             theirs = check_rows(stock.event_log_storage, again.run_id)
+            their_events = Counter(e.dagster_event_type for e in stock.all_logs(again.run_id))
+            del their_events[None]
     assert ours == theirs
+    assert our_events == their_events
+    assert our_events[dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED] == 2 * 10
+    assert 2 * 10 + 13 in batched  # the range run's planned events went in one batch
     planned = [r for r in ours if r[2] == "PLANNED"]
     assert len(planned) == 10 * 13  # 13 checks, 10 partitions
 
