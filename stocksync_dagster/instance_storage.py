@@ -17,7 +17,10 @@ for any storage whose batch write fails).
 dagster-postgres opens a new connection for every statement (SQLAlchemy `NullPool`) unless the
 process is the webserver, which calls `optimize_for_webserver` to hold one. This is
 dagster-postgres's own storage, pooled the way the webserver pools it, in every process that
-uses it (daemon, run workers, CLI).
+uses it (daemon, run workers, CLI). It also stores a range run's planned events (one per
+partition and asset, one per check) the way dagster-postgres stores a batch of
+materializations (one multi-row insert, each asset's row once), where dagster-postgres stores
+them one by one.
 
 Both store a check's planned event of a range run without re-serializing it per partition.
 Dagster gives every check planned in a partitioned run the run's partition subset (unpartitioned
@@ -128,17 +131,24 @@ def _batchable(events: Sequence[dg.EventLogEntry]) -> bool:
     )
 
 
-def _latest_per_asset(
-    events: Sequence[dg.EventLogEntry], ids: Sequence[int]
-) -> list[tuple[dg.EventLogEntry, int]]:
-    """The last asset event (not check event) of each asset, with its id: the asset's row is
-    updated once per batch with it, as dagster-postgres does for a batch of materializations."""
-    latest = {
-        e.get_dagster_event().asset_key: (e, i)
-        for e, i in zip(events, ids, strict=True)
-        if e.get_dagster_event().event_type != _CHECK_PLANNED
-    }
-    return list(latest.values())
+def _store_asset_rows(
+    storage: Any, conn: sa.Connection, events: Sequence[dg.EventLogEntry], ids: Sequence[int]
+) -> None:
+    """The index rows of a batch's asset events: their tags, and each asset's row updated once,
+    with its last event (as dagster-postgres does for a batch of materializations)."""
+    assets = [(e, i) for e, i in zip(events, ids, strict=True) if not _is_check(e)]
+    storage._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
+    latest = {e.get_dagster_event().asset_key: (e, i) for e, i in assets}
+    for event, event_id in latest.values():
+        storage._store_asset_event(conn, event, event_id)
+
+
+def _store_planned_checks(
+    storage: Any, events: Sequence[dg.EventLogEntry], ids: Sequence[int]
+) -> None:
+    for event, event_id in zip(events, ids, strict=True):
+        if _is_check(event):
+            storage.store_asset_check_event(event, event_id)
 
 
 def _is_materialization(event: dg.EventLogEntry) -> bool:
@@ -256,13 +266,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 conn.execute(insert)
         with self.index_connection() as conn:
             ids = [_inserted_id(conn.execute(insert)) for insert in inserts]
-            assets = [(e, i) for e, i in zip(events, ids, strict=True) if not _is_check(e)]
-            self._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
-            for event, event_id in _latest_per_asset(events, ids):
-                self._store_asset_event(conn, event, event_id)
-        for event, event_id in zip(events, ids, strict=True):
-            if _is_check(event):
-                self.store_asset_check_event(event, event_id)
+            _store_asset_rows(self, conn, events, ids)
+        _store_planned_checks(self, events, ids)
 
     def has_table(self, table_name: str) -> bool:
         """Dagster's (a new engine each call, once per asset event), remembered once true."""
@@ -329,13 +334,8 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         if len(ids) != len(events):
             raise dg.DagsterInvariantViolationError("Cannot store asset event tags for null ids.")
         with self.index_transaction() as conn:
-            assets = [(e, i) for e, i in zip(events, ids, strict=True) if not _is_check(e)]
-            self._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
-            for event, event_id in _latest_per_asset(events, ids):
-                self._store_asset_event(conn, event, event_id)
-        for event, event_id in zip(events, ids, strict=True):
-            if _is_check(event):
-                self.store_asset_check_event(event, event_id)
+            _store_asset_rows(self, conn, events, ids)
+        _store_planned_checks(self, events, ids)
 
     def _store_asset_check_evaluation_planned(
         self, event: dg.EventLogEntry, event_id: int | None
