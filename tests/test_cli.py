@@ -304,3 +304,25 @@ def test_a_refused_launch_is_reported_by_its_exception_message() -> None:
         "at path root:resources"
     )
     assert launch_error("no exception here\n") == ""
+
+
+def test_an_instance_copied_with_the_retired_event_log_loads_after_the_block_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stocksync_dagster.cli.instance import dagster_home
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = tmp_path / ".stocksync" / "dagster"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(
+        "event_log_storage:\n"
+        "  module: stocksync_dagster.instance_storage\n"
+        "  class: BatchedSqliteEventLogStorage\n"
+        "telemetry:\n"
+        "  enabled: false\n"
+    )
+    assert dagster_home() == home.resolve()
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"

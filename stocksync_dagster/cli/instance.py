@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -17,15 +19,34 @@ DEFINITIONS_MODULE = "stocksync_dagster.definitions"
 
 # Used when the CLI runs outside the project directory (no ./dagster.yaml to copy).
 _MINIMAL_INSTANCE_CONFIG = """\
-event_log_storage:
-  module: stocksync_dagster.instance_storage
-  class: BatchedSqliteEventLogStorage
 telemetry:
   enabled: false
 python_logs:
   managed_python_loggers: [stocksync_dagster]
   python_log_level: INFO
 """
+
+
+# An event log this project shipped in dagster.yaml earlier and no longer has; its files
+# are Dagster's own, so the instance works on with the block removed.
+_REMOVED_EVENT_LOG = re.compile(
+    r"^event_log_storage:\n  module: stocksync_dagster\.instance_storage\n"
+    r"  class: BatchedSqliteEventLogStorage\n(?:  .*\n)*",
+    re.MULTILINE,
+)
+
+
+def _drop_removed_event_log(instance_config: Path) -> None:
+    """Remove the retired event log block from a dagster.yaml the CLI copied earlier."""
+    text = instance_config.read_text()
+    updated = _REMOVED_EVENT_LOG.sub("", text)
+    if updated != text:
+        instance_config.write_text(updated)
+        print(
+            f"updated {instance_config}: removed the retired BatchedSqliteEventLogStorage "
+            "block (Dagster's own SQLite event log reads the same files)",
+            file=sys.stderr,
+        )
 
 
 def dagster_home() -> Path:
@@ -36,7 +57,9 @@ def dagster_home() -> Path:
     home = (STATE_DIR / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     instance_config = home / "dagster.yaml"
-    if not instance_config.exists():
+    if instance_config.exists():
+        _drop_removed_event_log(instance_config)
+    else:
         project_config = Path("dagster.yaml")
         if project_config.is_file():
             shutil.copyfile(project_config, instance_config)
