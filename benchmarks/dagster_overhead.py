@@ -5,7 +5,8 @@ stocks, SQLite instance as shipped). (b) One range run of `daily_bars` + `adj_fa
 their checks (what a backfill run is) at each size of `dagster_overhead_partitions`, on each
 instance storage: `sqlite` (dagster.yaml as shipped: Dagster's SQLite storage, for
 development), `postgres` (dagster-postgres, defaults) and `postgres-tuned` (the documented
-production setting: `DAGSTER_EVENT_BATCH_SIZE`, `synchronous_commit=off` and the event log of
+production setting: `DAGSTER_EVENT_BATCH_SIZE`, `synchronous_commit=off`,
+`default_toast_compression=lz4` and the event log of
 stocksync_dagster/instance_storage.py). Target: <= 10 ms per partition on the production
 setting.
 The figure is (wall - fetch - write) / partitions, where fetch and write are the sync's own timings
@@ -117,7 +118,7 @@ def _instance_yaml(storage: str, pg_url: str | None) -> str:
     if storage == "postgres":
         return config + f"\nstorage:\n  postgres:\n    postgres_url: {url}\n"
     # postgres-tuned: what deploy/dagster.postgres.yaml sets, with a URL instead of env vars
-    url += "?options=-csynchronous_commit%3Doff"
+    url += "?options=-csynchronous_commit%3Doff%20-cdefault_toast_compression%3Dlz4"
     blocks = (
         ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
         ("event_log_storage", POOLED_MODULE, "PooledPostgresEventLogStorage"),

@@ -15,6 +15,9 @@ dagster-postgres's own storage with three changes to how it reaches the database
   `asset_check_executions` row per partition, each with the whole event serialized again,
   partitions definition included. The rows are the same; the event is serialized and sent
   once per check (`INSERT ... SELECT ... FROM unnest(<partition keys>)`).
+- A batch of events is inserted from arrays (`INSERT ... SELECT ... FROM unnest(...)`), one
+  statement whatever the batch's length, compiled once per process; Dagster's multi-row
+  `VALUES` is compiled again for every batch, with seven bind parameters per event.
 
 It imports only the public `dagster` and `dagster_postgres` packages; it overrides methods of
 dagster-postgres 0.29.27 (pinned), and tests/test_market_step.py compares what it stores with
@@ -36,6 +39,31 @@ POOL_RECYCLE_SECONDS = 3600
 MAX_OVERFLOW = 10
 """Connections beyond the one held, for threads of the same process (closed when returned)."""
 PLANNED = "PLANNED"  # AssetCheckExecutionRecordStatus.PLANNED
+
+_EVENT_ARRAYS = {
+    "run_id": "TEXT",
+    "event": "TEXT",
+    "dagster_event_type": "TEXT",
+    "timestamp": "TIMESTAMP",
+    "step_key": "TEXT",
+    "asset_key": "TEXT",
+    "partition": "TEXT",
+}
+"""The columns of Dagster's `event_logs` an event fills (the id is the table's serial)."""
+_EVENT_COLUMNS = tuple(_EVENT_ARRAYS)
+_EVENT_LOGS = sa.table("event_logs", sa.column("id"), *map(sa.column, _EVENT_COLUMNS))
+_EVENT_ROWS: sa.Select[*tuple[Any, ...]] = (
+    sa.select(*map(sa.column, _EVENT_COLUMNS))
+    .select_from(
+        sa.text(
+            "unnest("
+            + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _EVENT_ARRAYS.items())
+            + f") WITH ORDINALITY AS event_rows({', '.join(_EVENT_COLUMNS)}, position)"
+        )
+    )
+    .order_by(sa.column("position"))
+)
+"""The batch's rows in the batch's order (ids are given in that order)."""
 
 # Dagster's `asset_check_executions` rows of one planned check: one per partition key, the
 # event text bound once.
@@ -86,6 +114,12 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             statement_timeout=0, pool_recycle=POOL_RECYCLE_SECONDS, max_overflow=MAX_OVERFLOW
         )
         return storage
+
+    def prepare_insert_event_batch(self, events: Sequence[dg.EventLogEntry]) -> Any:
+        """Dagster's rows for the events, inserted from one array per column (in order)."""
+        rows = [self._event_to_row(event) for event in events]
+        arrays = {column: [row[column] for row in rows] for column in _EVENT_COLUMNS}
+        return sa.insert(_EVENT_LOGS).from_select(_EVENT_COLUMNS, _EVENT_ROWS.params(arrays))
 
     def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
         """A range run's planned events as dagster-postgres stores a batch of materializations;

@@ -222,6 +222,7 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
         assert type(storage).__name__ == "PooledPostgresEventLogStorage"
         with storage._connect() as connection:  # type: ignore[attr-defined]
             assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            assert connection.exec_driver_sql("SHOW default_toast_compression").scalar() == "lz4"
         resources = {
             "source": DemoSourceResource(stocks=20),
             "warehouse": WarehouseResource(url=sqlite_url),
@@ -245,6 +246,8 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
         # The checks' rows are exactly those of dagster-postgres's own storage for the same run
         # (one planned row per partition and check, then the evaluations), on the same database.
         ours = check_rows(storage, result.run_id)
+        our_rows = event_rows(storage, result.run_id)
+        our_tags = tag_rows(storage, result.run_id)
         stock_home = tmp_path / "stock"
         stock_home.mkdir()
         pg_url = url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
@@ -259,13 +262,69 @@ def test_production_instance_pools_the_event_log_and_records_each_partition(
             )
             theirs = check_rows(stock.event_log_storage, again.run_id)
             their_events = Counter(e.dagster_event_type for e in stock.all_logs(again.run_id))
+            their_rows = event_rows(stock.event_log_storage, again.run_id)
+            their_tags = tag_rows(stock.event_log_storage, again.run_id)
             del their_events[None]
     assert ours == theirs
     assert our_events == their_events
+    # Every event row in the same order, its columns matching its event, and every asset
+    # event tag on the event it belongs to (the batch's ids came back in the batch's order).
+    assert our_rows == their_rows
+    assert our_tags == their_tags
+    assert len(our_tags) >= 2 * 10  # each materialization has its data version tag
     assert our_events[dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED] == 2 * 10
     assert 2 * 10 + 13 in batched  # the range run's planned events went in one batch
     planned = [r for r in ours if r[2] == "PLANNED"]
     assert len(planned) == 10 * 13  # 13 checks, 10 partitions
+
+
+def event_rows(storage: object, run_id: str) -> list[tuple]:
+    """The run's Dagster events in id order: (type, asset, partition, step), each checked
+    against the serialized event it stores."""
+    import sqlalchemy as sa
+    from dagster._serdes import deserialize_value
+
+    with storage.index_connection() as connection:  # type: ignore[attr-defined]
+        rows = connection.execute(
+            sa.text(
+                "SELECT dagster_event_type, asset_key, partition, step_key, event FROM event_logs "
+                "WHERE run_id = :run_id AND dagster_event_type IS NOT NULL ORDER BY id"
+            ),
+            {"run_id": run_id},
+        ).all()
+    out = []
+    for kind, asset, partition, step, text in rows:
+        event = deserialize_value(text).get_dagster_event()
+        assert (event.event_type_value, event.partition) == (kind, partition)
+        assert (event.asset_key.to_string() if event.asset_key else None) == asset
+        out.append((kind, asset, partition, step))
+    return out
+
+
+def tag_rows(storage: object, run_id: str) -> list[tuple]:
+    """The run's asset event tags: (type, partition) of the event each points to, and its key."""
+    import sqlalchemy as sa
+
+    with storage.index_connection() as connection:  # type: ignore[attr-defined]
+        rows = connection.execute(
+            sa.text(
+                "SELECT e.dagster_event_type, e.partition, t.key, t.value FROM asset_event_tags t "
+                "JOIN event_logs e ON e.id = t.event_id WHERE e.run_id = :run_id "
+                "AND t.asset_key = e.asset_key"
+            ),
+            {"run_id": run_id},
+        ).all()
+        assert (
+            len(rows)
+            == connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM asset_event_tags WHERE event_id IN "
+                    "(SELECT id FROM event_logs WHERE run_id = :run_id)"
+                ),
+                {"run_id": run_id},
+            ).scalar()
+        )
+    return sorted((kind, partition, key) for kind, partition, key, _ in rows)
 
 
 def check_rows(storage: object, run_id: str) -> list[tuple]:
