@@ -127,7 +127,10 @@ def assert_no_secret(receiver: Receiver) -> None:
 
 
 def settled(n: int) -> list[dt.date]:
-    last = trading_calendar.last_settled_trading_day()
+    """The last n trading days settled a day ago: `at(days[-1], 21)` is then in the past, as
+    the digest's failed-run filter (real run timestamps vs the sensor's clock) needs."""
+    yesterday = trading_calendar.shanghai_now() - dt.timedelta(days=1)
+    last = trading_calendar.last_settled_trading_day(yesterday)
     return trading_calendar.trading_days(last - dt.timedelta(days=3 * n + 10), last)[-n:]
 
 
