@@ -213,3 +213,71 @@ def test_stock_batches_of_one_range_are_written_whole_and_exactly(warehouse: War
     pd.testing.assert_frame_equal(
         read_table(warehouse, schema.daily_bar), expected(everything), check_dtype=False
     )
+
+
+@pytest.fixture
+def staged(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of rows of each COPY into a staging table (the rows compared row by row)."""
+    copied: list[int] = []
+    copy = upsert._pg_copy
+
+    def counting(connection, target, table, columns, rows) -> None:  # type: ignore[no-untyped-def]
+        if target != table.name:
+            copied.append(len(rows))
+        copy(connection, target, table, columns, rows)
+
+    monkeypatch.setattr(upsert, "_pg_copy", counting)
+    return copied
+
+
+@pytest.mark.postgres
+def test_rerun_on_postgres_stages_only_the_stocks_whose_stored_rows_differ(
+    pg_warehouse: Warehouse, staged: list[int]
+) -> None:
+    frame = bars().astype({"volume": "int64"})  # as validated: the binary layout is fixed
+    frame.loc[frame.index[::5], "pct_chg"] = np.nan  # NULLs in a nullable number
+    write(pg_warehouse, schema.daily_bar, frame)
+    assert staged == []  # an empty range: straight into the table
+
+    assert write(pg_warehouse, schema.daily_bar, frame) == UpsertStats(0, 0, len(frame))
+    assert staged == []  # identical: the stocks' digests match, nothing staged
+
+    codes = sorted(frame["code"].unique())
+    rerun = frame.copy()
+    first = rerun.index[rerun["code"] == codes[0]][3]
+    rerun.loc[first, "close"] += 0.01  # a changed value
+    second = rerun.index[(rerun["code"] == codes[1]) & rerun["pct_chg"].notna()][0]
+    rerun.loc[second, "pct_chg"] = np.nan  # a value becoming NULL
+    third = rerun.index[(rerun["code"] == codes[2]) & rerun["pct_chg"].isna()][0]
+    rerun.loc[third, "pct_chg"] = 0.0  # NULL becoming a value
+    fourth = rerun.index[rerun["code"] == codes[3]][0]
+    rerun.loc[fourth, "amount"] += 1.0
+    fifth = rerun.index[rerun["code"] == codes[4]][-1]
+    rerun = rerun.drop(index=fifth)  # a stored day the rerun does not have
+    staged.clear()
+
+    stats = write(pg_warehouse, schema.daily_bar, rerun)
+
+    per_stock = rerun.groupby("code").size()
+    assert staged == [int(per_stock[list(codes[:5])].sum())]  # those five stocks only
+    assert stats == UpsertStats(0, 4, len(rerun) - 4)
+    kept = pd.concat([rerun, frame.loc[[fifth]]])  # the dropped day stays stored
+    pd.testing.assert_frame_equal(
+        read_table(pg_warehouse, schema.daily_bar), expected(kept), check_dtype=False
+    )
+
+
+@pytest.mark.postgres
+def test_a_negative_zero_is_staged_and_found_unchanged(
+    pg_warehouse: Warehouse, staged: list[int]
+) -> None:
+    """Bytes differ where values do not (-0.0 = 0.0): the stock is compared row by row."""
+    frame = bars().astype({"volume": "int64"})
+    code = frame["code"].iloc[0]
+    frame.loc[frame.index[0], "pct_chg"] = 0.0
+    write(pg_warehouse, schema.daily_bar, frame)
+    rerun = frame.copy()
+    rerun.loc[rerun.index[0], "pct_chg"] = -0.0
+
+    assert write(pg_warehouse, schema.daily_bar, rerun) == UpsertStats(0, 0, len(frame))
+    assert staged == [int((frame["code"] == code).sum())]

@@ -5,14 +5,16 @@ Rows are written in primary-key order (a (code, trade_date) B-tree then fills pa
 can match lies in it, and a stock batch of a history load owns its own codes' part.
 
 PostgreSQL: when no stored row lies in the frame's key range (a history load, batch by batch)
-the rows are binary-COPYed straight into the table. Otherwise they are COPYed into a TEMP
-staging table and one `INSERT ... SELECT ... ON CONFLICT DO UPDATE` writes only the staged rows
-that are new or differ from the stored ones: a merge join of the staged rows with the key
-range's stored rows, both read in key order (an identical rerun touches no tuple and writes
-almost no WAL). `RETURNING (xmax = 0)` tells inserted from updated rows. The COPY data is
-built column-wise with numpy when every row has the same layout (no NULLs, fixed-width ASCII
-text), else row by row with `write_row`; either way in chunks (sent by a psycopg thread while
-the next is built), so memory stays bounded.
+the rows are binary-COPYed straight into the table. Otherwise, for a (code, trade_date)
+table, the server hashes each stock's stored rows of the range while the same digests of the
+frame are computed here; the stocks whose digests match are left out (an identical rerun ends
+there, touching no tuple and writing no WAL). The remaining rows are COPYed into a TEMP
+staging table and one `INSERT ... SELECT ... ON CONFLICT DO UPDATE` writes only the staged
+rows that are new or differ from the stored ones: a merge join of the staged rows with the key
+range's stored rows, both read in key order. `RETURNING (xmax = 0)` tells inserted from
+updated rows. The COPY data is built column-wise with numpy when every row has the same layout
+(no NULLs, fixed-width ASCII text), else row by row with `write_row`; either way in chunks
+(sent by a psycopg thread while the next is built), so memory stays bounded.
 
 SQLite: `executemany` of `INSERT ... VALUES` 32 rows `ON CONFLICT DO UPDATE ... WHERE` changed
 (a plain one-row `INSERT` when no stored row lies in the key range), first on its own inside a
@@ -29,8 +31,10 @@ those TEMP triggers, which live for the one upsert.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +64,16 @@ _PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()  # binary COPY dates count d
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _BINARY_TRAILER = b"\xff\xff"
+# binary send function and width of each type, for the stocks' digests (`_stocks_to_write`)
+_PG_SEND: dict[type, tuple[str, int]] = {
+    sa.String: ("textsend", 0),
+    sa.Date: ("date_send", 4),
+    sa.Double: ("float8send", 8),
+    sa.Float: ("float8send", 8),
+    sa.BigInteger: ("int8send", 8),
+    sa.Integer: ("int4send", 4),
+    sa.Boolean: ("boolsend", 1),
+}
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,11 @@ def _pg_upsert(
     if not _any_key_exists(connection, table, bounds):
         _pg_copy(connection, table.name, table, columns, rows)
         return UpsertStats(len(rows), 0, 0)
+    total = len(rows)
+    rows = _stocks_to_write(connection, table, columns, keys, rows, bounds)
+    if not len(rows):  # every stock's stored rows are byte for byte the frame's
+        return UpsertStats(0, 0, total)
+    bounds = _key_bounds(table, rows)
     stage = _staging_table(table, columns)
     stage.create(connection)
     _pg_copy(connection, stage.name, table, columns, rows)
@@ -188,7 +207,131 @@ def _pg_upsert(
     ).one()
     _set_local(connection, saved)  # the rest of the transaction plans as before
     stage.drop(connection)  # not left for commit: a transaction may write the table again
-    return UpsertStats(inserted, updated, len(rows) - inserted - updated, revised)
+    return UpsertStats(inserted, updated, total - inserted - updated, revised)
+
+
+def _stocks_to_write(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: list[str],
+    keys: list[str],
+    rows: _Rows,
+    bounds: Bounds,
+) -> _Rows:
+    """The frame's rows less those of stocks whose stored rows in the key range are the same.
+
+    For a (code, trade_date) table: a SHA-256 per stock of its rows' binary values in date
+    order, computed by the server over the stored rows (`float8send`, `date_send`, ...) while
+    the same digests of the frame are computed here. A stock whose digests match has exactly
+    the frame's rows stored, so the merge would leave all of them alone; its rows are not
+    staged (an identical rerun stages nothing). A mismatch only means the stock is staged and
+    compared row by row as before. Frames without a fixed binary layout (a NULL text, text of
+    varying length) are staged whole.
+    """
+    if [table.c[k].type.__class__ for k in keys] != [sa.String, sa.Date] or keys[0] != "code":
+        return rows
+    values = [c for c in columns if c not in keys]
+    fields = _digest_fields(rows, table, [keys[1], *values])
+    if fields is None:
+        return rows
+    quote = connection.dialect.identifier_preparer.quote
+    row_bytes = " || ".join(_send_sql(table.c[c], quote(c)) for c in [keys[1], *values])
+    sql = (
+        f"SELECT code, sha256(string_agg({row_bytes}, ''::bytea ORDER BY {quote(keys[1])})) "
+        f"FROM {quote(table.name)} WHERE "
+        + " AND ".join(f"{quote(name)} BETWEEN %s AND %s" for name, _, _ in bounds)
+        + " GROUP BY code"
+    )
+    params = [value for _, low, high in bounds for value in (low, high)]
+    raw = connection.connection.driver_connection
+    saved = _set_local(connection, {"jit": "off"})
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the server hashes while this thread does
+        stored = pool.submit(_stored_digests, raw, sql, params)
+        mine = _stock_digests(rows, _packed_rows(rows, fields))
+        theirs = stored.result()
+    _set_local(connection, saved)
+    codes, uniques = rows.factors["code"]
+    differ = [i for i, code in enumerate(uniques) if theirs.get(code) != mine[i]]
+    if len(differ) == len(uniques):
+        return rows
+    keep = np.isin(codes, differ)
+    return _Rows(rows.frame[keep], keys, table.name)
+
+
+def _send_sql(column: sa.Column, name: str) -> str:
+    """SQL of a column's binary value, as `_packed_rows` packs it (a NULL flag when nullable)."""
+    function, width = next(v for t, v in _PG_SEND.items() if isinstance(column.type, t))
+    value = f"{function}({name})"
+    if isinstance(column.type, sa.String):
+        value = f"int4send(octet_length({name})) || {value}"
+    if not column.nullable:
+        return value
+    null = "'\\x00'::bytea" + (f" || '\\x{'00' * width}'::bytea" if width else "")
+    return f"coalesce('\\x01'::bytea || {value}, {null})"
+
+
+def _digest_fields(
+    rows: _Rows, table: sa.Table, columns: list[str]
+) -> list[tuple[sa.Column, np.ndarray, np.ndarray | None]] | None:
+    """Each column as (column, binary COPY values, which rows are not NULL or None), in frame
+    order; None when a row would have no fixed layout (a NULL other than a nullable number,
+    text of varying length)."""
+    fields = []
+    for name in columns:
+        column, series = table.c[name], rows.frame[name]
+        missing = series.isna().to_numpy()
+        present = None
+        if missing.any():
+            if not (column.nullable and isinstance(column.type, sa.Double | sa.Float)):
+                return None
+            present, series = ~missing, series.fillna(0.0)
+        factors = rows.factors.get(name) if present is None else None
+        array = _fixed_width(series, column.type, factors)
+        if array is None:
+            return None
+        fields.append((column, array, present))
+    return fields
+
+
+def _packed_rows(
+    rows: _Rows, fields: list[tuple[sa.Column, np.ndarray, np.ndarray | None]]
+) -> np.ndarray:
+    """The rows in key order, one record each of the bytes `_send_sql` gives for them."""
+    layout: list[tuple[str, Any]] = []
+    for i, (column, array, _) in enumerate(fields):
+        if column.nullable:
+            layout.append((f"f{i}", "u1"))
+        if isinstance(column.type, sa.String):
+            layout.append((f"n{i}", ">i4"))
+        kind = array.dtype if array.dtype.kind == "S" else array.dtype.newbyteorder(">")
+        layout.append((f"v{i}", kind))
+    packed = np.empty(len(rows), dtype=np.dtype(layout))
+    for i, (column, array, present) in enumerate(fields):
+        if column.nullable:
+            packed[f"f{i}"] = 1 if present is None else present[rows.order]
+        if isinstance(column.type, sa.String):
+            packed[f"n{i}"] = array.dtype.itemsize
+        packed[f"v{i}"] = array[rows.order]
+    return packed
+
+
+def _stock_digests(rows: _Rows, packed: np.ndarray) -> list[bytes]:
+    """SHA-256 of each stock's packed rows (in date order), by the stock's factor code."""
+    codes = rows.factors["code"][0][rows.order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    data = memoryview(packed.tobytes())
+    size = packed.dtype.itemsize
+    digests = [b""] * len(rows.factors["code"][1])
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        digests[codes[start]] = hashlib.sha256(data[start * size : end * size]).digest()
+    return digests
+
+
+def _stored_digests(raw: Any, sql: str, params: list[object]) -> dict[str, bytes]:
+    with raw.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {code: bytes(digest) for code, digest in cursor.fetchall()}
 
 
 def _set_local(connection: sa.Connection, settings: dict[str, str]) -> dict[str, str]:
