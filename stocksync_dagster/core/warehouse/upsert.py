@@ -226,7 +226,7 @@ def _stocks_to_write(
     the frame's rows stored, so the merge would leave all of them alone; its rows are not
     staged (an identical rerun stages nothing). A mismatch only means the stock is staged and
     compared row by row as before. Frames without a fixed binary layout (a NULL text, text of
-    varying length) are staged whole.
+    varying length, a float in an integer column) are staged whole.
     """
     if [table.c[k].type.__class__ for k in keys] != [sa.String, sa.Date] or keys[0] != "code":
         return rows
@@ -243,10 +243,10 @@ def _stocks_to_write(
         + " GROUP BY code"
     )
     params = [value for _, low, high in bounds for value in (low, high)]
-    raw = connection.connection.driver_connection
     saved = _set_local(connection, {"jit": "off"})
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the server hashes while this thread does
-        stored = pool.submit(_stored_digests, raw, sql, params)
+    # the server hashes while this thread does; the connection is the other thread's meanwhile
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stored = pool.submit(_stored_digests, connection, sql, params)
         mine = _stock_digests(rows, _packed_rows(rows, fields))
         theirs = stored.result()
     _set_local(connection, saved)
@@ -328,10 +328,9 @@ def _stock_digests(rows: _Rows, packed: np.ndarray) -> list[bytes]:
     return digests
 
 
-def _stored_digests(raw: Any, sql: str, params: list[object]) -> dict[str, bytes]:
-    with raw.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {code: bytes(digest) for code, digest in cursor.fetchall()}
+def _stored_digests(connection: sa.Connection, sql: str, params: list[object]) -> dict[str, bytes]:
+    result = connection.exec_driver_sql(sql, tuple(params))
+    return {code: bytes(digest) for code, digest in result}
 
 
 def _set_local(connection: sa.Connection, settings: dict[str, str]) -> dict[str, str]:
