@@ -46,14 +46,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from stocksync_dagster.core.warehouse.schema import REVISED_COLUMNS, REVISION_TABLES
 
-_PG_BINARY_TYPES = {
-    sa.String: "text",
-    sa.Date: "date",
-    sa.Double: "float8",
-    sa.Float: "float8",
-    sa.BigInteger: "int8",
-    sa.Integer: "int4",
-    sa.Boolean: "bool",
+# binary COPY type, its send function and its width (0: varying) per column type; the send
+# functions give the stocks' digests (`_stocks_to_write`) the bytes of a binary COPY value
+_PG_BINARY_TYPES: dict[type, tuple[str, str, int]] = {
+    sa.String: ("text", "textsend", 0),
+    sa.Date: ("date", "date_send", 4),
+    sa.Double: ("float8", "float8send", 8),
+    sa.Float: ("float8", "float8send", 8),
+    sa.BigInteger: ("int8", "int8send", 8),
+    sa.Integer: ("int4", "int4send", 4),
+    sa.Boolean: ("bool", "boolsend", 1),
 }
 # Rows per conversion batch: bounds the memory of a large write to a few tens of MB.
 CHUNK_ROWS = 100_000
@@ -64,16 +66,6 @@ _PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()  # binary COPY dates count d
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _BINARY_TRAILER = b"\xff\xff"
-# binary send function and width of each type, for the stocks' digests (`_stocks_to_write`)
-_PG_SEND: dict[type, tuple[str, int]] = {
-    sa.String: ("textsend", 0),
-    sa.Date: ("date_send", 4),
-    sa.Double: ("float8send", 8),
-    sa.Float: ("float8send", 8),
-    sa.BigInteger: ("int8send", 8),
-    sa.Integer: ("int4send", 4),
-    sa.Boolean: ("boolsend", 1),
-}
 
 
 @dataclass(frozen=True)
@@ -260,7 +252,7 @@ def _stocks_to_write(
 
 def _send_sql(column: sa.Column, name: str) -> str:
     """SQL of a column's binary value, as `_packed_rows` packs it (a NULL flag when nullable)."""
-    function, width = next(v for t, v in _PG_SEND.items() if isinstance(column.type, t))
+    _, function, width = _pg_binary_type(column.type)
     value = f"{function}({name})"
     if isinstance(column.type, sa.String):
         value = f"int4send(octet_length({name})) || {value}"
@@ -731,7 +723,7 @@ def _pg_copy(
                     copy.write(block)
             return
     with raw.cursor() as cursor, cursor.copy(f"{sql} (FORMAT BINARY)") as copy:
-        copy.set_types([_pg_binary_type(table.c[c].type) for c in columns])
+        copy.set_types([_pg_binary_type(table.c[c].type)[0] for c in columns])
         for values in _python_chunks(rows, table, columns):
             for row in zip(*values, strict=True):
                 copy.write_row(row)
@@ -825,10 +817,11 @@ def _pg_days(series: pd.Series, factors: tuple[np.ndarray, Any] | None = None) -
     return (ordinals - _PG_EPOCH_ORDINAL).astype(np.int32)[codes]
 
 
-def _pg_binary_type(column_type: sa.types.TypeEngine) -> str:
-    for sa_type, pg_type in _PG_BINARY_TYPES.items():
+def _pg_binary_type(column_type: sa.types.TypeEngine) -> tuple[str, str, int]:
+    """(binary COPY type, send function, width) of a column type (see `_PG_BINARY_TYPES`)."""
+    for sa_type, binary in _PG_BINARY_TYPES.items():
         if isinstance(column_type, sa_type):
-            return pg_type
+            return binary
     raise TypeError(f"no COPY type for {column_type!r}")
 
 
